@@ -1,0 +1,188 @@
+//! The built-in test pattern: colour bars, a bouncing box and a scrolling strip (so the encoder
+//! does real work), a readable UTC clock, and the timestamp code on row 0 (see `timecode`).
+//! Paced by the monotonic clock at the configured rate.
+
+use super::{font, timecode, unix_now_us, CaptureError, VideoFrame, VideoSource};
+use std::time::{Duration, Instant};
+
+/// BT.601 limited-range YUV of the classic bars: white, yellow, cyan, green, magenta, red, blue.
+const BARS: [(u8, u8, u8); 7] = [
+    (180, 128, 128),
+    (162, 44, 142),
+    (131, 156, 44),
+    (112, 72, 58),
+    (84, 184, 198),
+    (65, 100, 212),
+    (35, 212, 114),
+];
+
+pub struct TestPattern {
+    width: u32,
+    height: u32,
+    fps: u32,
+    start: Instant,
+    frame_index: u64,
+    /// The bars never change: painted once, copied into each frame.
+    background: Vec<u8>,
+}
+
+impl TestPattern {
+    pub fn new(width: u32, height: u32, fps: u32) -> Self {
+        let mut bg = VideoFrame::new(width, height);
+        paint_background(&mut bg);
+        Self {
+            width,
+            height,
+            fps,
+            start: Instant::now(),
+            frame_index: 0,
+            background: bg.data,
+        }
+    }
+
+    /// Draws frame number `index` captured at `unix_us` (no pacing; used by benches and tests).
+    pub fn render(&self, frame: &mut VideoFrame, index: u64, unix_us: u64) {
+        frame.resize(self.width, self.height);
+        frame.data.copy_from_slice(&self.background);
+        frame.capture_unix_us = unix_us;
+        let (w, h) = (self.width as usize, self.height as usize);
+        let (y, u, v) = frame.planes_mut();
+
+        // A box bouncing around the lower two thirds.
+        let side = (h / 6).max(16) & !1;
+        let span_x = (w - side).max(1) as u64;
+        let span_y = (h / 2 - side / 2).max(1) as u64;
+        let step = index * 4;
+        let bx = bounce(step, span_x) as usize & !1;
+        let by = (h / 3 + bounce(step * 3 / 4, span_y) as usize) & !1;
+        for row in by..(by + side).min(h) {
+            y[row * w + bx..row * w + (bx + side).min(w)].fill(235);
+        }
+        let cw = w / 2;
+        for row in by / 2..((by + side) / 2).min(h / 2) {
+            u[row * cw + bx / 2..row * cw + ((bx + side) / 2).min(cw)].fill(90);
+            v[row * cw + bx / 2..row * cw + ((bx + side) / 2).min(cw)].fill(240);
+        }
+
+        // A strip of diagonal stripes scrolling under the code, full width.
+        let strip_top = timecode::block_size(self.width) + 4;
+        let strip_h = (h / 24).max(4);
+        for row in strip_top..(strip_top + strip_h).min(h) {
+            let line = &mut y[row * w..row * w + w];
+            for (x, px) in line.iter_mut().enumerate() {
+                let phase = (x + row + (index as usize) * 6) % 64;
+                *px = if phase < 32 { 200 } else { 40 };
+            }
+        }
+
+        // A human-readable clock (UTC) and frame counter.
+        let ms_of_day = (unix_us / 1000) % 86_400_000;
+        let clock = format!(
+            "{:02}:{:02}:{:02}.{:03} UTC",
+            ms_of_day / 3_600_000,
+            ms_of_day / 60_000 % 60,
+            ms_of_day / 1000 % 60,
+            ms_of_day % 1000
+        );
+        let scale = (w / 160).max(2);
+        let tx = w.saturating_sub(font::text_width(&clock, scale)) / 2;
+        let ty = strip_top + strip_h + scale * 4;
+        font::draw_text(y, w, h, tx, ty, scale, &clock, 235);
+        let counter = format!("{index}  {}x{}", self.width, self.height);
+        let small = (scale / 2).max(1);
+        font::draw_text(y, w, h, tx, ty + scale * 10, small, &counter, 235);
+
+        timecode::draw(y, u, v, self.width, self.height, (unix_us / 1000) as u32);
+    }
+}
+
+fn bounce(step: u64, span: u64) -> u64 {
+    let p = step % (2 * span);
+    if p < span { p } else { 2 * span - p }
+}
+
+fn paint_background(frame: &mut VideoFrame) {
+    let (w, h) = (frame.width as usize, frame.height as usize);
+    let (y, u, v) = frame.planes_mut();
+    let bar_of = |x: usize| BARS[(x * BARS.len() / w).min(BARS.len() - 1)];
+    for row in 0..h {
+        for x in 0..w {
+            y[row * w + x] = bar_of(x).0;
+        }
+    }
+    for row in 0..h / 2 {
+        for x in 0..w / 2 {
+            let (_, cb, cr) = bar_of(x * 2);
+            u[row * (w / 2) + x] = cb;
+            v[row * (w / 2) + x] = cr;
+        }
+    }
+}
+
+impl VideoSource for TestPattern {
+    fn name(&self) -> String {
+        "testsrc".into()
+    }
+
+    fn next_frame(&mut self, frame: &mut VideoFrame) -> Result<(), CaptureError> {
+        let period = Duration::from_secs(1) / self.fps;
+        let now = Instant::now();
+        let mut due = self.start + period * self.frame_index as u32;
+        if due + period < now {
+            // We fell behind (or the source was idle): resynchronise instead of bursting.
+            self.start = now;
+            self.frame_index = 0;
+            due = now;
+        }
+        if due > now {
+            std::thread::sleep(due - now);
+        }
+        self.render(frame, self.frame_index, unix_now_us());
+        self.frame_index += 1;
+        Ok(())
+    }
+
+    fn settings(&self) -> (u32, u32, u32) {
+        (self.width, self.height, self.fps)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn frames_carry_their_capture_time() {
+        let p = TestPattern::new(640, 480, 30);
+        let mut f = VideoFrame::new(16, 16);
+        let t = 1_764_000_000_123_456u64;
+        p.render(&mut f, 7, t);
+        assert_eq!((f.width, f.height), (640, 480));
+        let (y, _, _) = f.planes();
+        assert_eq!(timecode::read(y, 640, 640), Some((t / 1000) as u32));
+    }
+
+    #[test]
+    fn the_picture_moves() {
+        let p = TestPattern::new(320, 240, 30);
+        let (mut a, mut b) = (VideoFrame::new(320, 240), VideoFrame::new(320, 240));
+        p.render(&mut a, 1, 0);
+        p.render(&mut b, 2, 0);
+        let differing = a.data.iter().zip(&b.data).filter(|(x, y)| x != y).count();
+        assert!(differing > 1000, "only {differing} bytes changed");
+    }
+
+    #[test]
+    fn paces_at_the_configured_rate() {
+        let mut p = TestPattern::new(320, 240, 50);
+        let mut f = VideoFrame::new(320, 240);
+        let t0 = Instant::now();
+        for _ in 0..11 {
+            p.next_frame(&mut f).unwrap();
+        }
+        let took = t0.elapsed();
+        // 10 periods of 20 ms; generous upper bound for a loaded CI machine.
+        assert!(took >= Duration::from_millis(195), "{took:?}");
+        assert!(took < Duration::from_millis(600), "{took:?}");
+    }
+}

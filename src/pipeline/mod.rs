@@ -1,0 +1,327 @@
+//! The pipeline manager: opens the sources, runs capture and encode on their own threads, and
+//! publishes encoded units into the hub. Nothing here runs on the tokio runtime.
+//!
+//! ```text
+//! video: capture thread ──(mailbox: latest frame wins)──► encode thread ──► hub.video
+//! audio: capture + Opus thread ────────────────────────────────────────────► hub.audio
+//! ```
+//! The mailbox holds at most one frame: if encoding falls behind, the older frame is dropped
+//! rather than delayed. Both threads sleep while nobody watches.
+
+use crate::capture::testsrc::TestPattern;
+use crate::capture::tone::Tone;
+use crate::capture::{AudioFrame, AudioSource, VideoFrame, VideoSource, AUDIO_FRAME_SAMPLES};
+use crate::codec::h264::{H264Encoder, H264Params, PROFILE_LEVEL_ID};
+use crate::codec::opus::OpusEncoder;
+use crate::config::{AudioSourceKind, Config, VideoSourceKind};
+use crate::hub::{Hub, KeyframeGate};
+use serde::Serialize;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::mpsc;
+use std::sync::{Arc, Condvar, Mutex};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+/// Forced IDRs at most this often; more requests in between are coalesced.
+const KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(250);
+const IDLE_POLL: Duration = Duration::from_millis(500);
+
+/// Counters the threads update and `/api/settings` reads.
+#[derive(Default)]
+pub struct Stats {
+    pub encoders_started: AtomicU64,
+    pub frames_captured: AtomicU64,
+    pub frames_dropped: AtomicU64,
+    /// Last encode time in microseconds (for the settings page and benchmarks).
+    pub encode_us: AtomicU64,
+    /// Unix ms of the last captured video frame: the watchdog's proof of life.
+    pub last_capture_ms: AtomicU64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct VideoSettings {
+    pub source: String,
+    pub codec: &'static str,
+    pub profile_level_id: &'static str,
+    pub width: u32,
+    pub height: u32,
+    pub fps: u32,
+    pub bitrate_kbps: u32,
+    pub keyframe_interval_s: u32,
+}
+
+#[derive(Debug, Clone, Serialize)]
+pub struct AudioSettings {
+    pub source: String,
+    pub codec: &'static str,
+    pub sample_rate: u32,
+    pub channels: u32,
+    pub bitrate_kbps: u32,
+}
+
+pub struct Pipeline {
+    pub hub: Arc<Hub>,
+    pub stats: Arc<Stats>,
+    pub video: VideoSettings,
+    pub audio: AudioSettings,
+    stop: Arc<AtomicBool>,
+    threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Pipeline {
+    pub fn start(config: &Config, hub: Arc<Hub>) -> Result<Pipeline, String> {
+        let stop = Arc::new(AtomicBool::new(false));
+        let stats = Arc::new(Stats::default());
+        let v = &config.video;
+        let (width, height, fps) = (v.width.get(), v.height.get(), v.fps.get());
+
+        let video_source: Box<dyn VideoSource> = match v.source {
+            VideoSourceKind::Testsrc => Box::new(TestPattern::new(width, height, fps)),
+            VideoSourceKind::Auto => {
+                log::info!("video source \"auto\": no camera support in this build; using the test pattern");
+                Box::new(TestPattern::new(width, height, fps))
+            }
+        };
+        let audio_source: Box<dyn AudioSource> = match config.audio.source {
+            AudioSourceKind::Tone => Box::new(Tone::new()),
+            AudioSourceKind::None => Box::new(Tone::silence()),
+            AudioSourceKind::Auto => {
+                log::info!("audio source \"auto\": no microphone support in this build; using the test tone");
+                Box::new(Tone::new())
+            }
+        };
+        let (sw, sh, sfps) = video_source.settings();
+        let video = VideoSettings {
+            source: video_source.name(),
+            codec: "H264",
+            profile_level_id: PROFILE_LEVEL_ID,
+            width: sw,
+            height: sh,
+            fps: sfps,
+            bitrate_kbps: v.bitrate_kbps.get(),
+            keyframe_interval_s: v.keyframe_interval_s.get(),
+        };
+        let audio = AudioSettings {
+            source: audio_source.name(),
+            codec: "opus",
+            sample_rate: 48_000,
+            channels: 1,
+            bitrate_kbps: config.audio.bitrate_kbps.get(),
+        };
+        let params = H264Params {
+            width: sw,
+            height: sh,
+            fps: sfps,
+            bitrate_bps: v.bitrate_kbps.get() * 1000,
+            keyframe_interval_frames: sfps * v.keyframe_interval_s.get(),
+        };
+
+        let mailbox = Arc::new(Mailbox::default());
+        let (recycle_tx, recycle_rx) = mpsc::channel::<VideoFrame>();
+        let mut threads = Vec::new();
+        threads.push(spawn("capture-video", {
+            let (hub, stop, stats, mailbox) = (hub.clone(), stop.clone(), stats.clone(), mailbox.clone());
+            move || video_capture_loop(video_source, &hub, &stop, &stats, &mailbox, recycle_rx)
+        })?);
+        threads.push(spawn("encode-video", {
+            let (hub, stop, stats, mailbox) = (hub.clone(), stop.clone(), stats.clone(), mailbox.clone());
+            move || video_encode_loop(params, &hub, &stop, &stats, &mailbox, recycle_tx)
+        })?);
+        let opus_bps = config.audio.bitrate_kbps.get() * 1000;
+        threads.push(spawn("audio", {
+            let (hub, stop) = (hub.clone(), stop.clone());
+            move || audio_loop(audio_source, opus_bps, &hub, &stop)
+        })?);
+
+        Ok(Pipeline { hub, stats, video, audio, stop, threads: Mutex::new(threads) })
+    }
+
+    /// Stops the threads (they notice within `IDLE_POLL` or one frame).
+    pub fn shutdown(&self) {
+        self.stop.store(true, Ordering::SeqCst);
+        let threads: Vec<_> = self.threads.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        for t in threads {
+            let _ = t.join();
+        }
+    }
+}
+
+fn spawn(name: &str, f: impl FnOnce() + Send + 'static) -> Result<JoinHandle<()>, String> {
+    std::thread::Builder::new()
+        .name(name.into())
+        .spawn(f)
+        .map_err(|e| format!("cannot start thread {name}: {e}"))
+}
+
+/// Holds the newest frame; putting a new one hands back the one it replaced.
+#[derive(Default)]
+struct Mailbox {
+    slot: Mutex<Option<VideoFrame>>,
+    ready: Condvar,
+}
+
+impl Mailbox {
+    fn put(&self, frame: VideoFrame) -> Option<VideoFrame> {
+        let mut slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        let old = slot.replace(frame);
+        self.ready.notify_one();
+        old
+    }
+
+    fn take(&self, timeout: Duration) -> Option<VideoFrame> {
+        let slot = self.slot.lock().unwrap_or_else(|e| e.into_inner());
+        let (mut slot, _) = self
+            .ready
+            .wait_timeout_while(slot, timeout, |s| s.is_none())
+            .unwrap_or_else(|e| e.into_inner());
+        slot.take()
+    }
+}
+
+fn video_capture_loop(
+    mut source: Box<dyn VideoSource>,
+    hub: &Hub,
+    stop: &AtomicBool,
+    stats: &Stats,
+    mailbox: &Mailbox,
+    recycle: mpsc::Receiver<VideoFrame>,
+) {
+    let (w, h, _) = source.settings();
+    let mut spare: Option<VideoFrame> = None;
+    let mut failing = false;
+    while !stop.load(Ordering::Relaxed) {
+        if !hub.demand.wait_for_viewers(IDLE_POLL) {
+            continue;
+        }
+        // Reuse buffers: the one the mailbox handed back, or one the encoder finished with.
+        let mut frame = spare
+            .take()
+            .or_else(|| recycle.try_recv().ok())
+            .unwrap_or_else(|| VideoFrame::new(w, h));
+        match source.next_frame(&mut frame) {
+            Ok(()) => {
+                if failing {
+                    log::info!("video source {} is delivering again", source.name());
+                    failing = false;
+                }
+                stats.frames_captured.fetch_add(1, Ordering::Relaxed);
+                stats.last_capture_ms.store(frame.capture_unix_us / 1000, Ordering::Relaxed);
+                if let Some(old) = mailbox.put(frame) {
+                    stats.frames_dropped.fetch_add(1, Ordering::Relaxed);
+                    spare = Some(old);
+                }
+            }
+            Err(e) => {
+                if !failing {
+                    log::warn!("video source {}: {e}", source.name());
+                    failing = true;
+                }
+                spare = Some(frame);
+                std::thread::sleep(Duration::from_millis(100));
+            }
+        }
+    }
+}
+
+fn video_encode_loop(
+    params: H264Params,
+    hub: &Hub,
+    stop: &AtomicBool,
+    stats: &Stats,
+    mailbox: &Mailbox,
+    recycle: mpsc::Sender<VideoFrame>,
+) {
+    let mut encoder: Option<H264Encoder> = None;
+    let mut gate = KeyframeGate::new(KEYFRAME_MIN_INTERVAL);
+    let mut failing = false;
+    while !stop.load(Ordering::Relaxed) {
+        let Some(frame) = mailbox.take(IDLE_POLL) else { continue };
+        if hub.demand.viewers() == 0 {
+            let _ = recycle.send(frame);
+            continue;
+        }
+        let frame_params = H264Params { width: frame.width, height: frame.height, ..params };
+        if encoder.as_ref().map(|e| e.params()) != Some(frame_params) {
+            match H264Encoder::new(frame_params) {
+                Ok(e) => {
+                    stats.encoders_started.fetch_add(1, Ordering::Relaxed);
+                    log::info!(
+                        "H.264 encoder started: {}x{} @ {} fps, {} kbit/s",
+                        frame_params.width,
+                        frame_params.height,
+                        frame_params.fps,
+                        frame_params.bitrate_bps / 1000
+                    );
+                    encoder = Some(e);
+                }
+                Err(e) => {
+                    log::error!("{e}");
+                    let _ = recycle.send(frame);
+                    std::thread::sleep(Duration::from_secs(1));
+                    continue;
+                }
+            }
+        }
+        let enc = encoder.as_mut().expect("encoder was just created");
+        let now = Instant::now();
+        let force = match gate.decide(hub.video.take_keyframe_request(), now) {
+            Some(true) => true,
+            Some(false) => {
+                hub.video.defer_keyframe_request();
+                false
+            }
+            None => false,
+        };
+        let t0 = Instant::now();
+        match enc.encode(&frame, force) {
+            Ok(Some(unit)) => {
+                stats.encode_us.store(t0.elapsed().as_micros() as u64, Ordering::Relaxed);
+                if unit.keyframe {
+                    gate.saw_keyframe(now);
+                }
+                failing = false;
+                hub.video.publish(unit);
+            }
+            Ok(None) => {}
+            Err(e) => {
+                if !failing {
+                    log::error!("{e}");
+                    failing = true;
+                }
+            }
+        }
+        let _ = recycle.send(frame);
+    }
+}
+
+fn audio_loop(mut source: Box<dyn AudioSource>, bitrate_bps: u32, hub: &Hub, stop: &AtomicBool) {
+    // Opus on 20 ms of mono costs well under a millisecond: it shares the capture thread rather
+    // than adding a queue between the two.
+    let mut encoder = match OpusEncoder::new(bitrate_bps) {
+        Ok(e) => e,
+        Err(e) => {
+            log::error!("{e}; audio is disabled");
+            return;
+        }
+    };
+    let mut frame = AudioFrame { samples: vec![0; AUDIO_FRAME_SAMPLES], capture_unix_us: 0 };
+    let mut failing = false;
+    while !stop.load(Ordering::Relaxed) {
+        if !hub.demand.wait_for_viewers(IDLE_POLL) {
+            continue;
+        }
+        match source.next_frame(&mut frame).map_err(|e| e.to_string()).and_then(|()| encoder.encode(&frame)) {
+            Ok(unit) => {
+                failing = false;
+                hub.audio.publish(unit);
+            }
+            Err(e) => {
+                if !failing {
+                    log::warn!("audio source {}: {e}", source.name());
+                    failing = true;
+                }
+                std::thread::sleep(Duration::from_millis(20));
+            }
+        }
+    }
+}

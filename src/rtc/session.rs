@@ -1,0 +1,302 @@
+//! Viewer sessions: a peer connection that sends the hub's H.264 and Opus to one viewer.
+//!
+//! Per viewer the device only stamps RTP headers (its own sequence numbers, so a viewer that
+//! skipped units sees a clean stream) and encrypts; payloads come packetized from the hub.
+//! A session ends on `DELETE`, on ICE failure (the peer vanished: within `peer_timeout_s`) or
+//! when the peer closes; its viewer count goes with it.
+
+use super::offer::{self, OfferError};
+use super::{h264_capability, opus_capability, RtcEngine};
+use crate::codec::rtp_timestamp;
+use crate::hub::{Hub, Next, Stream, ViewerGuard};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+use tokio::sync::watch;
+use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
+use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
+use webrtc::peer_connection::RTCPeerConnection;
+use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
+use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
+use webrtc::rtp;
+use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
+use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
+use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
+
+/// How long the answer may wait for the device's own ICE candidates. Host candidates on the mux
+/// take milliseconds; this bounds a slow STUN server.
+const GATHER_TIMEOUT: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum SessionError {
+    #[error("{0}")]
+    Offer(#[from] OfferError),
+    #[error("the offer was rejected by the WebRTC stack: {0}")]
+    Negotiation(String),
+    #[error("too many viewers ({0}); try again later")]
+    Full(usize),
+    #[error("{0}")]
+    Internal(String),
+}
+
+pub struct Session {
+    pub id: String,
+    pub pc: Arc<RTCPeerConnection>,
+    pub created: Instant,
+    phase: Arc<watch::Sender<Phase>>,
+    _viewer: ViewerGuard,
+}
+
+/// Where a session is: its send loops start at `Connected` and stop at `Ended`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Phase {
+    Negotiating,
+    Connected,
+    Ended,
+}
+
+/// All live sessions.
+pub struct Sessions {
+    engine: RtcEngine,
+    hub: Arc<Hub>,
+    max_viewers: usize,
+    live: Mutex<HashMap<String, Arc<Session>>>,
+}
+
+impl Sessions {
+    pub fn new(engine: RtcEngine, hub: Arc<Hub>, max_viewers: usize) -> Arc<Self> {
+        Arc::new(Self { engine, hub, max_viewers, live: Mutex::new(HashMap::new()) })
+    }
+
+    pub fn count(&self) -> usize {
+        self.lock().len()
+    }
+
+    pub fn udp_addr(&self) -> std::net::SocketAddr {
+        self.engine.udp_addr
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<String, Arc<Session>>> {
+        self.live.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Answers an offer: checks it, builds the peer connection, waits for the device's
+    /// candidates and returns `(session id, answer SDP)`.
+    pub async fn answer(self: &Arc<Self>, offer_sdp: String) -> Result<(String, String), SessionError> {
+        let summary = offer::inspect(&offer_sdp)?;
+        if self.count() >= self.max_viewers {
+            return Err(SessionError::Full(self.max_viewers));
+        }
+        let pc = self.engine.new_peer_connection().await.map_err(SessionError::Internal)?;
+        match self.negotiate(&pc, offer_sdp, &summary).await {
+            Ok((id, answer)) => Ok((id, answer)),
+            Err(e) => {
+                let _ = pc.close().await;
+                Err(e)
+            }
+        }
+    }
+
+    async fn negotiate(
+        self: &Arc<Self>,
+        pc: &Arc<RTCPeerConnection>,
+        offer_sdp: String,
+        summary: &offer::OfferSummary,
+    ) -> Result<(String, String), SessionError> {
+        let neg = |e: webrtc::Error| SessionError::Negotiation(e.to_string());
+        let (phase_tx, phase_rx) = watch::channel(Phase::Negotiating);
+        let phase_tx = Arc::new(phase_tx);
+
+        let mut senders = Vec::new();
+        if summary.video.as_ref().is_some_and(|v| v.direction.remote_receives()) {
+            let track = Arc::new(TrackLocalStaticRTP::new(h264_capability(), "video".into(), "peercam".into()));
+            let sender = pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal + Send + Sync>).await.map_err(neg)?;
+            senders.push((track, sender, MediaKind::Video));
+        }
+        if summary.audio.as_ref().is_some_and(|a| a.direction.remote_receives()) {
+            let track = Arc::new(TrackLocalStaticRTP::new(opus_capability(), "audio".into(), "peercam".into()));
+            let sender = pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal + Send + Sync>).await.map_err(neg)?;
+            senders.push((track, sender, MediaKind::Audio));
+        }
+
+        let offer = RTCSessionDescription::offer(offer_sdp).map_err(neg)?;
+        pc.set_remote_description(offer).await.map_err(neg)?;
+        let answer = pc.create_answer(None).await.map_err(neg)?;
+        let mut gathered = pc.gathering_complete_promise().await;
+        pc.set_local_description(answer).await.map_err(neg)?;
+        if tokio::time::timeout(GATHER_TIMEOUT, gathered.recv()).await.is_err() {
+            log::warn!("ICE gathering did not finish in {GATHER_TIMEOUT:?}; answering with the candidates so far");
+        }
+        let answer_sdp = pc
+            .local_description()
+            .await
+            .ok_or_else(|| SessionError::Internal("no local description after answering".into()))?
+            .sdp;
+
+        let id = new_id();
+        let session = Arc::new(Session {
+            id: id.clone(),
+            pc: Arc::clone(pc),
+            created: Instant::now(),
+            phase: Arc::clone(&phase_tx),
+            _viewer: self.hub.demand.join(),
+        });
+        self.lock().insert(id.clone(), Arc::clone(&session));
+
+        // End the session when the peer goes away; start sending once DTLS is up.
+        let weak: Weak<Sessions> = Arc::downgrade(self);
+        let sid = id.clone();
+        pc.on_peer_connection_state_change(Box::new(move |state| {
+            log::debug!("session {sid}: {state}");
+            match state {
+                RTCPeerConnectionState::Connected => {
+                    phase_tx.send_if_modified(|p| {
+                        let change = *p == Phase::Negotiating;
+                        if change {
+                            *p = Phase::Connected;
+                        }
+                        change
+                    });
+                }
+                RTCPeerConnectionState::Failed | RTCPeerConnectionState::Closed => {
+                    if let Some(sessions) = weak.upgrade() {
+                        let sid = sid.clone();
+                        tokio::spawn(async move { sessions.remove(&sid, "peer gone").await });
+                    }
+                }
+                _ => {}
+            }
+            Box::pin(async {})
+        }));
+
+        for (track, sender, kind) in senders {
+            let hub = Arc::clone(&self.hub);
+            tokio::spawn(send_loop(hub.clone(), track, kind, phase_rx.clone()));
+            tokio::spawn(rtcp_loop(hub, sender, kind));
+        }
+        log::info!("session {id} started ({} viewers)", self.count());
+        Ok((id, answer_sdp))
+    }
+
+    /// Ends a session. Returns false if there was none with that id.
+    pub async fn remove(&self, id: &str, why: &str) -> bool {
+        let session = self.lock().remove(id);
+        match session {
+            Some(s) => {
+                let _ = s.phase.send(Phase::Ended);
+                let _ = s.pc.close().await;
+                log::info!("session {id} ended: {why} ({} viewers)", self.count());
+                true
+            }
+            None => false,
+        }
+    }
+
+    pub async fn close_all(&self) {
+        let all: Vec<Arc<Session>> = self.lock().drain().map(|(_, s)| s).collect();
+        for s in all {
+            let _ = s.phase.send(Phase::Ended);
+            let _ = s.pc.close().await;
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy)]
+enum MediaKind {
+    Video,
+    Audio,
+}
+
+impl MediaKind {
+    fn stream(self, hub: &Hub) -> &Stream {
+        match self {
+            MediaKind::Video => &hub.video,
+            MediaKind::Audio => &hub.audio,
+        }
+    }
+    fn clock_rate(self) -> u32 {
+        match self {
+            MediaKind::Video => 90_000,
+            MediaKind::Audio => 48_000,
+        }
+    }
+}
+
+/// Copies the hub's units to one track. Ends when the track's peer connection is gone.
+async fn send_loop(
+    hub: Arc<Hub>,
+    track: Arc<TrackLocalStaticRTP>,
+    kind: MediaKind,
+    mut phase: watch::Receiver<Phase>,
+) {
+    // Subscribing only once DTLS is up means the first unit this viewer reads is a fresh IDR
+    // requested right now, not one that went out before its SRTP was ready.
+    match phase.wait_for(|p| *p != Phase::Negotiating).await {
+        Ok(p) if *p == Phase::Connected => {}
+        _ => return,
+    }
+    let stream = kind.stream(&hub);
+    let mut reader = stream.subscribe();
+    let mut seq: u16 = rand::random();
+    let mut delivered_any = false;
+    loop {
+        let next = tokio::select! {
+            next = reader.next(stream) => next,
+            _ = phase.wait_for(|p| *p == Phase::Ended) => return,
+        };
+        let unit = match next {
+            Next::Unit(u) => u,
+            Next::Skipped(n) => {
+                log::debug!("{kind:?} reader lagged by {n} units; waiting for a keyframe");
+                continue;
+            }
+            Next::Closed => return,
+        };
+        let timestamp = rtp_timestamp(unit.capture_unix_us, kind.clock_rate());
+        let last = unit.payloads.len().saturating_sub(1);
+        let mut written = 0usize;
+        for (i, payload) in unit.payloads.iter().enumerate() {
+            let packet = rtp::packet::Packet {
+                header: rtp::header::Header {
+                    version: 2,
+                    marker: i == last,
+                    sequence_number: seq,
+                    timestamp,
+                    ..Default::default()
+                },
+                payload: payload.clone(),
+            };
+            seq = seq.wrapping_add(1);
+            match track.write_rtp(&packet).await {
+                Ok(n) => written += n,
+                Err(webrtc::Error::ErrClosedPipe) => return,
+                Err(e) => log::debug!("{kind:?} write: {e}"),
+            }
+        }
+        if written == 0 && !delivered_any && matches!(kind, MediaKind::Video) {
+            // The sender was not bound yet: this keyframe reached nobody. Ask for another.
+            reader = stream.subscribe();
+            continue;
+        }
+        delivered_any |= written > 0;
+    }
+}
+
+/// Reads RTCP from the viewer: PLI/FIR become (rate-limited) keyframe requests.
+async fn rtcp_loop(hub: Arc<Hub>, sender: Arc<RTCRtpSender>, kind: MediaKind) {
+    while let Ok((packets, _)) = sender.read_rtcp().await {
+        if matches!(kind, MediaKind::Video) {
+            for p in packets {
+                let any = p.as_any();
+                if any.is::<PictureLossIndication>() || any.is::<FullIntraRequest>() {
+                    hub.video.request_keyframe();
+                }
+            }
+        }
+    }
+}
+
+fn new_id() -> String {
+    let bytes: [u8; 16] = rand::random();
+    bytes.iter().map(|b| format!("{b:02x}")).collect()
+}

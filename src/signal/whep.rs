@@ -1,0 +1,90 @@
+//! WHEP (RFC 9725): `POST /whep` with an SDP offer → `201 Created`, `Location` of the session,
+//! SDP answer with the device's candidates (gathering complete, so clients need not trickle);
+//! `DELETE <Location>` ends it; `PATCH` (trickle) answers 405 as the RFC allows.
+
+use crate::http::AppState;
+use crate::rtc::session::SessionError;
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+
+pub const SDP: &str = "application/sdp";
+
+fn text(status: StatusCode, msg: impl Into<String>) -> Response {
+    let mut m = msg.into();
+    m.push('\n');
+    (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], m).into_response()
+}
+
+pub async fn post(State(app): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+    let content_type = headers
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mime = content_type.split(';').next().unwrap_or("").trim();
+    if !mime.eq_ignore_ascii_case(SDP) {
+        return text(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("WHEP offers must be sent as Content-Type: {SDP} (got {content_type:?})"),
+        );
+    }
+    let body = match body {
+        Ok(b) => b,
+        Err(rejection) => {
+            let status = rejection.status();
+            let msg = if status == StatusCode::PAYLOAD_TOO_LARGE {
+                format!("the offer is larger than the limit of {} bytes", app.max_body_bytes)
+            } else {
+                format!("cannot read the offer: {rejection}")
+            };
+            return text(status, msg);
+        }
+    };
+    let Ok(offer) = String::from_utf8(body.to_vec()) else {
+        return text(StatusCode::BAD_REQUEST, "the offer is not valid SDP: not UTF-8 text");
+    };
+    match app.sessions.answer(offer).await {
+        Ok((id, answer)) => {
+            let location = format!("/whep/{id}");
+            (
+                StatusCode::CREATED,
+                [
+                    (header::CONTENT_TYPE, SDP.to_string()),
+                    (header::LOCATION, location),
+                ],
+                answer,
+            )
+                .into_response()
+        }
+        Err(e) => {
+            let status = match &e {
+                SessionError::Offer(crate::rtc::offer::OfferError::Malformed(_)) => StatusCode::BAD_REQUEST,
+                SessionError::Offer(_) => StatusCode::NOT_ACCEPTABLE,
+                SessionError::Negotiation(_) => StatusCode::BAD_REQUEST,
+                SessionError::Full(_) => StatusCode::SERVICE_UNAVAILABLE,
+                SessionError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            };
+            log::info!("WHEP offer refused ({status}): {e}");
+            text(status, e.to_string())
+        }
+    }
+}
+
+pub async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+    if app.sessions.remove(&id, "WHEP DELETE").await {
+        StatusCode::OK.into_response()
+    } else {
+        text(StatusCode::NOT_FOUND, format!("no WHEP session {id:?} (it may have ended already)"))
+    }
+}
+
+pub async fn patch() -> Response {
+    let mut r = text(
+        StatusCode::METHOD_NOT_ALLOWED,
+        "trickle ICE is not needed: the answer already carries all of the device's candidates",
+    );
+    r.headers_mut().insert(header::ALLOW, "DELETE".parse().expect("static header"));
+    r
+}
