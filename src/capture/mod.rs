@@ -6,6 +6,8 @@
 //!
 //! The V4L2 camera and ALSA microphone implement the same traits.
 
+pub mod constraints;
+pub mod convert;
 pub mod font;
 pub mod testsrc;
 pub mod timecode;

@@ -26,7 +26,8 @@ impl Tone {
 
     /// Fills `samples` with the tone as heard at wall-clock time `unix_us` (no pacing).
     pub fn render(samples: &mut [i16], unix_us: u64) {
-        let first = unix_us * AUDIO_RATE as u64 / 1_000_000;
+        // u128: microseconds since 1970 times 48000 overflows u64.
+        let first = (unix_us as u128 * AUDIO_RATE as u128 / 1_000_000) as u64;
         for (i, s) in samples.iter_mut().enumerate() {
             let n = first + i as u64;
             let ms_in_second = (n % AUDIO_RATE as u64) * 1000 / AUDIO_RATE as u64;
@@ -87,6 +88,11 @@ mod tests {
         assert!(peak > 9000, "{peak}");
         Tone::render(&mut s, 5_500_000); // middle of the second: silence
         assert!(s.iter().all(|&x| x == 0));
+        // Real wall-clock times (where a u64 product would overflow) behave the same.
+        Tone::render(&mut s, 1_764_000_000_000_000);
+        assert!(s.iter().any(|&x| x.unsigned_abs() > 9000), "beep at the start of a real second");
+        Tone::render(&mut s, 1_764_000_000_500_000);
+        assert!(s.iter().all(|&x| x == 0), "silence in the middle of a real second");
     }
 
     #[test]

@@ -19,6 +19,9 @@ const AUDIO_RING: usize = 50;
 pub struct Stream {
     tx: broadcast::Sender<Arc<EncodedUnit>>,
     keyframe_wanted: AtomicBool,
+    /// A viewer just started reading: serve it on the next frame, past the rate limit (joins are
+    /// rare; PLI storms are what the gate is for).
+    join_wanted: AtomicBool,
     units: AtomicU64,
     keyframes: AtomicU64,
 }
@@ -29,6 +32,7 @@ impl Stream {
         Self {
             tx,
             keyframe_wanted: AtomicBool::new(false),
+            join_wanted: AtomicBool::new(false),
             units: AtomicU64::new(0),
             keyframes: AtomicU64::new(0),
         }
@@ -45,7 +49,7 @@ impl Stream {
     }
 
     pub fn subscribe(&self) -> Reader {
-        self.request_keyframe();
+        self.join_wanted.store(true, Ordering::Relaxed);
         Reader { rx: self.tx.subscribe(), synced: false }
     }
 
@@ -54,9 +58,14 @@ impl Stream {
         self.keyframe_wanted.store(true, Ordering::Relaxed);
     }
 
-    /// Takes a pending request (encoder side).
+    /// Takes a pending PLI/lag request (encoder side; goes through the gate).
     pub fn take_keyframe_request(&self) -> bool {
         self.keyframe_wanted.swap(false, Ordering::Relaxed)
+    }
+
+    /// Takes a pending join request (encoder side; served at once).
+    pub fn take_join_request(&self) -> bool {
+        self.join_wanted.swap(false, Ordering::Relaxed)
     }
 
     /// Restores a request the gate held back, so it is served on a later frame.
@@ -215,7 +224,8 @@ mod tests {
     async fn new_reader_starts_at_a_keyframe_and_requests_one() {
         let s = Stream::new(8);
         let mut r = s.subscribe();
-        assert!(s.take_keyframe_request(), "joining asks for an IDR");
+        assert!(s.take_join_request(), "joining asks for an IDR");
+        assert!(!s.take_keyframe_request(), "…as a join, not through the PLI gate");
         s.publish(unit(1, false));
         s.publish(unit(2, false));
         s.publish(unit(3, true));
@@ -231,7 +241,7 @@ mod tests {
         let s = Stream::new(4);
         let mut slow = s.subscribe();
         let mut fast = s.subscribe();
-        s.take_keyframe_request();
+        s.take_join_request();
         s.publish(unit(1, true));
         let Next::Unit(u) = fast.next(&s).await else { panic!() };
         assert_eq!(u.index, 1);

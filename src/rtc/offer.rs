@@ -66,7 +66,7 @@ pub fn inspect(sdp: &str) -> Result<OfferSummary, OfferError> {
         return Err(OfferError::Malformed("the body is empty".into()));
     }
     let desc = SessionDescription::unmarshal(&mut Cursor::new(sdp.as_bytes()))
-        .map_err(|e| OfferError::Malformed(e.to_string()))?;
+        .map_err(|e| OfferError::Malformed(printable(&e.to_string())))?;
     let mut summary = OfferSummary { video: None, audio: None, data_channel: false };
     for m in &desc.media_descriptions {
         let kind = m.media_name.media.as_str();
@@ -123,6 +123,11 @@ pub fn inspect(sdp: &str) -> Result<OfferSummary, OfferError> {
             })
             .map(|(pt, _)| *pt)
             .collect();
+        if rtpmaps.is_empty() && m.media_name.formats.iter().any(|f| f.parse::<u8>().is_ok_and(|pt| pt >= 96)) {
+            return Err(OfferError::Malformed(format!(
+                "the {kind} m-line lists dynamic payload types without a=rtpmap lines (truncated offer?)"
+            )));
+        }
         let line = MediaLine { kind: kind.to_string(), direction, usable_payload_types, offered_codecs };
         if kind == "video" && summary.video.is_none() {
             summary.video = Some(line);
@@ -148,6 +153,15 @@ pub fn inspect(sdp: &str) -> Result<OfferSummary, OfferError> {
         }
     }
     Ok(summary)
+}
+
+/// Error text safe for a log line and a response: no control characters, bounded length.
+fn printable(s: &str) -> String {
+    let mut out: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).take(200).collect();
+    if s.chars().count() > 200 {
+        out.push('…');
+    }
+    out
 }
 
 fn list_or_none(v: &[String]) -> String {
@@ -228,6 +242,10 @@ mod tests {
         assert!(matches!(inspect("hello world"), Err(OfferError::Malformed(_))));
         assert!(matches!(inspect("v=0\r\nm=video x\r\n"), Err(OfferError::Malformed(_))));
         assert_eq!(inspect(MINIMAL), Err(OfferError::NoMedia));
+        let Err(OfferError::Malformed(m)) = inspect("v=0\r\nbogus line\r\n\x07") else { panic!() };
+        assert!(!m.chars().any(|c| c.is_control()), "{m:?}");
+        let truncated = offer("m=video 9 UDP/TLS/RTP/SAVPF 96 102\r\nc=IN IP4 0.0.0.0\r\n");
+        assert!(matches!(inspect(&truncated), Err(OfferError::Malformed(_))));
     }
 
     #[test]

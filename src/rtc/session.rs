@@ -239,6 +239,7 @@ async fn send_loop(
     let mut reader = stream.subscribe();
     let mut seq: u16 = rand::random();
     let mut delivered_any = false;
+    let mut unbound_retries = 10;
     loop {
         let next = tokio::select! {
             next = reader.next(stream) => next,
@@ -273,8 +274,10 @@ async fn send_loop(
                 Err(e) => log::debug!("{kind:?} write: {e}"),
             }
         }
-        if written == 0 && !delivered_any && matches!(kind, MediaKind::Video) {
-            // The sender was not bound yet: this keyframe reached nobody. Ask for another.
+        if written == 0 && !delivered_any && unbound_retries > 0 && matches!(kind, MediaKind::Video) {
+            // The sender was not bound yet: this keyframe reached nobody. Ask for another
+            // (a few times only: a track that never binds must not force IDRs forever).
+            unbound_retries -= 1;
             reader = stream.subscribe();
             continue;
         }
