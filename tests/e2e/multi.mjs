@@ -1,0 +1,69 @@
+// Three viewers at once: each renders ≥ 80 % of frames, the device counts 3 viewers and encodes once
+// (encoded_frames grows by ≤ 1.3 × fps × duration, not 3×), and closing the pages frees the device.
+import {
+  checkFrames, cpuSeconds, DEFAULT_CONFIG, inbound, remoteCandidate, installProbe, launchBrowser, main, openViewer, probeFor, rtcStats, sleep, startService, waitForLive,
+} from './lib.mjs';
+
+const FPS = 30, SECONDS = 5, VIEWERS = 3;
+// Three windows share one 2-core machine and Chromium composites in software (--disable-gpu); small windows
+// keep that cost from masking the device. The stream is still decoded at full size (1280x720).
+const VIEWPORT = { width: 640, height: 360 };
+
+await main('multi', async (t) => {
+  const svc = await startService({ name: 'multi', config: { video: { fps: FPS } } });
+  t.info(`service at ${svc.url} (log: ${svc.logPath})`);
+  const browser = await launchBrowser({ autoplay: true });
+  // One context per viewer: separate windows, as three people would have.
+  const viewers = await Promise.all(Array.from({ length: VIEWERS }, () => openViewer(browser, svc.url, { viewport: VIEWPORT })));
+  const lives = await Promise.all(viewers.map(({ page }) => waitForLive(page)));
+  t.check(true, `${VIEWERS} pages go live`, lives.map((l) =>
+    `${l.waitedMs} ms (answer ${l.answered}, connected ${l.connected}, first frame ${l.firstFrame} ms)`).join('; '));
+  await Promise.all(viewers.map(({ page }) => installProbe(page, { every: 3 })));
+  await sleep(1000);
+
+  const st0 = await Promise.all(viewers.map(({ page }) => rtcStats(page)));
+  const s0 = await svc.settings();
+  const cpu0 = cpuSeconds();
+  const w0 = Date.now();
+  const results = await Promise.all(viewers.map(({ page }) => probeFor(page, SECONDS * 1000)));
+  const s1 = await svc.settings();
+  const wall = (Date.now() - w0) / 1000;
+  const cpu1 = cpuSeconds();
+  const st1 = await Promise.all(viewers.map(({ page }) => rtcStats(page)));
+  t.info(`CPU over ${wall.toFixed(1)} s (100 % = one core): ` + Object.keys(cpu1).map((k) =>
+    `${k} ${((100 * (cpu1[k] - (cpu0[k] || 0))) / wall).toFixed(0)} %`).join(', '));
+  st1.forEach((st, i) => {
+    const v0 = inbound(st0[i], 'video'), v1 = inbound(st, 'video');
+    t.info(`viewer ${i + 1}: framesDecoded +${v1.framesDecoded - v0.framesDecoded}, framesDropped +${(v1.framesDropped ?? 0) - (v0.framesDropped ?? 0)}, ` +
+      `packetsLost ${v1.packetsLost}, freezes ${v1.freezeCount}, decode ${((1000 * (v1.totalDecodeTime - v0.totalDecodeTime)) / (v1.framesDecoded - v0.framesDecoded)).toFixed(1)} ms/frame`);
+  });
+
+  results.forEach((r, i) => checkFrames(t, `viewer ${i + 1}`, r, { fps: FPS }));
+  const ports = st1.map((st) => { const c = remoteCandidate(st); return `${c.protocol} ${c.address}:${c.port}`; });
+  t.check(ports.every((p) => p === `udp 127.0.0.1:${DEFAULT_CONFIG.webrtc.udp_port}`), 'all viewers share the one UDP port',
+    ports.join(', '));
+  t.check(s1.viewers === VIEWERS, `/api/settings counts ${VIEWERS} viewers`, `viewers ${s1.viewers}`);
+  const encoded = s1.video.encoded_frames - s0.video.encoded_frames;
+  const budget = 1.3 * FPS * wall;
+  t.check(encoded > 0 && encoded <= budget, 'one encoder for all viewers',
+    `encoded_frames +${encoded} in ${wall.toFixed(2)} s (≤ ${budget.toFixed(0)} allowed; ${VIEWERS} encoders would make ~${(VIEWERS * FPS * wall).toFixed(0)}), ` +
+    `encoders_started ${s0.video.encoders_started} → ${s1.video.encoders_started}`);
+  t.check(s1.video.encoders_started === s0.video.encoders_started, 'no encoder restarted while watching',
+    `encoders_started ${s1.video.encoders_started}`);
+  const errors = viewers.flatMap((v) => v.errors);
+  t.check(errors.length === 0, 'no page errors', errors.join(' | '));
+
+  // Leaving: the page's pagehide handler DELETEs its WHEP session (and closes the peer connection).
+  const c0 = Date.now();
+  await Promise.all(viewers.map(({ context }) => context.close()));
+  let s2 = await svc.settings();
+  while (s2.viewers !== 0 && Date.now() - c0 < 5000) { await sleep(100); s2 = await svc.settings(); }
+  t.check(s2.viewers === 0, 'closing the pages frees the device within 5 s',
+    `viewers ${s2.viewers} after ${Date.now() - c0} ms`);
+  await sleep(1500);
+  const s3 = await svc.settings();
+  await sleep(1000);
+  const s4 = await svc.settings();
+  t.check(s4.video.encoded_frames - s3.video.encoded_frames <= 1, 'no encoding with zero viewers',
+    `encoded_frames +${s4.video.encoded_frames - s3.video.encoded_frames} in the last 1 s`);
+});
