@@ -11,7 +11,20 @@ const statsBtn = $('btn-stats'), fullscreenBtn = $('btn-fullscreen');
 const WHEP_URL = new URL('whep', location.href).href;
 // With auth on, open the page as …/#token=SECRET: a fragment is never sent to servers or proxies' logs.
 const TOKEN = new URLSearchParams(location.hash.slice(1)).get('token');
-const AUTH = TOKEN ? { Authorization: `Bearer ${TOKEN}` } : {};
+let AUTH = TOKEN ? { Authorization: `Bearer ${TOKEN}` } : {};
+
+// A logged-in browser (session cookie) asks the device for a bearer token for its WHEP requests;
+// on a device without a password (loopback only) there is none to get. Not logged in: go log in.
+async function ensureToken() {
+  if (AUTH.Authorization) return;
+  const res = await fetch(new URL('api/token', location.href), { method: 'POST', credentials: 'same-origin' });
+  if (res.status === 401) { location.href = new URL('login', location.href).href; throw new Error('Not logged in'); }
+  if (!res.ok) return;
+  const info = await res.json();
+  if (info.token) AUTH = { Authorization: `Bearer ${info.token}` };
+  const logout = document.getElementById('logout-form');
+  if (logout) logout.hidden = !info.password_set;
+}
 
 const ICE_WAIT_MS = 300;        // host candidates arrive in a few ms; never make the viewer wait for STUN/TURN
 const POST_TIMEOUT_MS = 10000;  // a half-dead device must not hang us forever
@@ -86,7 +99,7 @@ async function connect() {
 
   try {
     await pc.setLocalDescription(await pc.createOffer());
-    await iceGatheringDone(pc, ICE_WAIT_MS);
+    await Promise.all([iceGatheringDone(pc, ICE_WAIT_MS), ensureToken()]);
     const res = await fetch(WHEP_URL, {
       method: 'POST',
       headers: { 'Content-Type': 'application/sdp', ...AUTH },
@@ -101,7 +114,8 @@ async function connect() {
       return;
     }
     if (res.status !== 201) {
-      const hint = res.status === 401 ? ' (open the page as …/#token=YOUR_TOKEN)' : '';
+      if (res.status === 401 && !TOKEN) AUTH = {};   // the minted token died (logout elsewhere): get a new one
+      const hint = res.status === 401 ? ' (log in again, or open the page as …/#token=YOUR_TOKEN)' : '';
       throw new Error(`${body.trim() || res.statusText || 'Request refused'} [HTTP ${res.status}]${hint}`);
     }
     peercam.session = session;

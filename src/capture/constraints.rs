@@ -328,6 +328,60 @@ pub struct AudioConstraints {
     pub channel_count: Option<NumConstraint>,
 }
 
+/// A V4L2 control value from `[video.controls]`: an integer, a boolean, or a menu item's name
+/// (e.g. `power_line_frequency = "50 Hz"`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ControlValue {
+    Int(i64),
+    Bool(bool),
+    Menu(String),
+}
+
+impl fmt::Display for ControlValue {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ControlValue::Int(v) => write!(f, "{v}"),
+            ControlValue::Bool(v) => write!(f, "{v}"),
+            ControlValue::Menu(v) => write!(f, "{v:?}"),
+        }
+    }
+}
+
+impl<'de> Deserialize<'de> for ControlValue {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct V;
+        impl<'de> Visitor<'de> for V {
+            type Value = ControlValue;
+            fn expecting(&self, f: &mut fmt::Formatter) -> fmt::Result {
+                f.write_str("an integer, a boolean or a menu item name")
+            }
+            fn visit_i64<E: de::Error>(self, v: i64) -> Result<ControlValue, E> {
+                Ok(ControlValue::Int(v))
+            }
+            fn visit_u64<E: de::Error>(self, v: u64) -> Result<ControlValue, E> {
+                i64::try_from(v).map(ControlValue::Int).map_err(|_| E::custom("integer too large"))
+            }
+            fn visit_bool<E: de::Error>(self, v: bool) -> Result<ControlValue, E> {
+                Ok(ControlValue::Bool(v))
+            }
+            fn visit_str<E: de::Error>(self, v: &str) -> Result<ControlValue, E> {
+                Ok(ControlValue::Menu(v.to_string()))
+            }
+        }
+        d.deserialize_any(V)
+    }
+}
+
+impl Serialize for ControlValue {
+    fn serialize<S: Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        match self {
+            ControlValue::Int(v) => s.serialize_i64(*v),
+            ControlValue::Bool(v) => s.serialize_bool(*v),
+            ControlValue::Menu(v) => s.serialize_str(v),
+        }
+    }
+}
+
 // ---------------------------------------------------------------------------------------------
 // What a device offers
 // ---------------------------------------------------------------------------------------------

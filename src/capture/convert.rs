@@ -69,6 +69,12 @@ impl Converter {
         Ok(Self { kind, width: width as usize, height: height as usize, stride, scratch: Vec::new(), patched: Vec::new() })
     }
 
+    /// The I420 size frames come out at (MJPEG: the negotiated size; a JPEG of another size
+    /// is delivered at its own size).
+    pub fn output_size(&self) -> (u32, u32) {
+        ((self.width & !1) as u32, (self.height & !1) as u32)
+    }
+
     /// Bytes a raw frame must have at least (MJPEG: 0, frames vary).
     pub fn min_frame_bytes(&self) -> usize {
         let (s, h) = (self.stride, self.height);

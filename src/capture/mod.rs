@@ -6,12 +6,16 @@
 //!
 //! The V4L2 camera and ALSA microphone implement the same traits.
 
+pub mod alsa;
 pub mod constraints;
 pub mod convert;
+pub mod devices;
 pub mod font;
+pub mod slate;
 pub mod testsrc;
 pub mod timecode;
 pub mod tone;
+pub mod v4l2;
 
 use std::time::{SystemTime, UNIX_EPOCH};
 

@@ -8,7 +8,9 @@
 //! sees carries the TOML parser's line, column and key, e.g.
 //! `TOML parse error at line 3, column 9 … video.width: 1279 must be even`.
 
+use crate::capture::constraints::{AudioConstraints, ControlValue, StrConstraint, VideoConstraints};
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::fmt;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -33,6 +35,7 @@ pub struct Config {
     pub video: VideoConfig,
     pub audio: AudioConfig,
     pub webrtc: WebRtcConfig,
+    pub auth: AuthConfig,
     pub log: LogConfig,
 }
 
@@ -66,6 +69,18 @@ pub struct HttpConfig {
     pub listen: SocketAddr,
     /// Largest accepted request body (SDP offers, JSON). Bigger bodies get 413.
     pub max_body_bytes: Ranged<1024, 1_048_576>,
+    /// Serve HTTPS. Browsers allow the microphone (talk-back) only on a secure origin, and
+    /// `http://localhost` is the only plain-http one: a camera on a LAN needs this.
+    pub tls: bool,
+    /// PEM certificate chain and private key. Empty: a self-signed certificate is made on first
+    /// start and kept in `state_dir` (stable across restarts).
+    pub tls_cert: PathBuf,
+    pub tls_key: PathBuf,
+    /// Optional plain-HTTP address (e.g. `0.0.0.0:80`) that only redirects to HTTPS.
+    pub redirect_listen: Option<SocketAddr>,
+    /// Where the device keeps its state (generated certificate). Empty: `$STATE_DIRECTORY`
+    /// (set by systemd) or `./peercam-state`.
+    pub state_dir: PathBuf,
 }
 
 impl Default for HttpConfig {
@@ -73,6 +88,53 @@ impl Default for HttpConfig {
         Self {
             listen: SocketAddr::from(([127, 0, 0, 1], 8080)),
             max_body_bytes: Ranged(64 * 1024),
+            tls: false,
+            tls_cert: PathBuf::new(),
+            tls_key: PathBuf::new(),
+            redirect_listen: None,
+            state_dir: PathBuf::new(),
+        }
+    }
+}
+
+impl HttpConfig {
+    pub fn state_dir(&self) -> PathBuf {
+        if !self.state_dir.as_os_str().is_empty() {
+            return self.state_dir.clone();
+        }
+        match std::env::var_os("STATE_DIRECTORY") {
+            // systemd may pass several, colon-separated; the first is ours.
+            Some(dirs) => PathBuf::from(dirs.to_string_lossy().split(':').next().unwrap_or("").to_string()),
+            None => PathBuf::from("peercam-state"),
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct AuthConfig {
+    /// Argon2 PHC string from `peercam hash-password`. Empty: no password yet, and the device
+    /// then answers loopback clients only (and tells everyone else how to set one).
+    pub password_hash: PasswordHash,
+    /// SHA-256 (hex) of bearer tokens for scripts and WHEP clients, from `peercam new-token`.
+    pub token_sha256: Vec<TokenHash>,
+    /// Let clients on the device itself (127.0.0.1, ::1) in without logging in. Off in the
+    /// device image; convenient on a development machine that has a password set.
+    pub loopback_exempt: bool,
+    /// Hours a login (cookie) stays valid.
+    pub session_hours: Ranged<1, 8760>,
+    /// Failed logins from one address before backoff (doubling, up to 5 minutes) starts.
+    pub login_attempts_before_backoff: Ranged<1, 100>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> Self {
+        Self {
+            password_hash: PasswordHash::default(),
+            token_sha256: Vec::new(),
+            loopback_exempt: false,
+            session_hours: Ranged(24 * 30),
+            login_attempts_before_backoff: Ranged(3),
         }
     }
 }
@@ -84,6 +146,9 @@ pub enum VideoSourceKind {
     Auto,
     /// The built-in moving test pattern carrying the timestamp code.
     Testsrc,
+    /// A V4L2 camera chosen by `device` and `constraints`. If it is missing or fails, viewers
+    /// see a "CAMERA OFFLINE" slate and it is reopened as soon as it is back.
+    V4l2,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -97,6 +162,18 @@ pub struct VideoConfig {
     pub bitrate_kbps: Ranged<50, 50_000>,
     /// Seconds between periodic IDR frames (new viewers and PLI also get one on demand).
     pub keyframe_interval_s: Ranged<1, 60>,
+    /// The camera: a `/dev/v4l/by-id` (or by-path) name, a node such as `/dev/video0`, or the
+    /// card name (`peercam devices` lists them). A plain string is preferred (W3C `ideal`),
+    /// `{ exact = "…" }` is required.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<StrConstraint>,
+    /// getUserMedia-style constraints (`width`, `height`, `frame_rate`, `aspect_ratio`,
+    /// `format`), each a number (= ideal) or `{ exact | min | max | ideal }`. Unset `width`,
+    /// `height` and `frame_rate` take `width`, `height` and `fps` above as their ideal.
+    pub constraints: VideoConstraints,
+    /// V4L2 controls by name as `peercam devices` lists them: integer, boolean or menu item
+    /// name, e.g. `brightness = 140`, `power_line_frequency = "50 Hz"`.
+    pub controls: BTreeMap<String, ControlValue>,
 }
 
 impl Default for VideoConfig {
@@ -108,6 +185,9 @@ impl Default for VideoConfig {
             fps: Ranged(30),
             bitrate_kbps: Ranged(2500),
             keyframe_interval_s: Ranged(2),
+            device: None,
+            constraints: VideoConstraints::default(),
+            controls: BTreeMap::new(),
         }
     }
 }
@@ -121,6 +201,9 @@ pub enum AudioSourceKind {
     Tone,
     /// No audio track content (silence is still sent so players stay in sync).
     None,
+    /// An ALSA capture PCM chosen by `device` and `constraints`, resampled to 48 kHz mono.
+    /// While it is missing or failing the track carries silence; it is reopened when back.
+    Alsa,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -129,6 +212,13 @@ pub struct AudioConfig {
     pub source: AudioSourceKind,
     /// Opus bitrate.
     pub bitrate_kbps: Ranged<6, 510>,
+    /// The microphone: an ALSA PCM name (`hw:1,0`, `plughw:CARD=Device,DEV=0`, `default`) or
+    /// a card name. A plain string is preferred (ideal), `{ exact = "…" }` is required.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub device: Option<StrConstraint>,
+    /// `sample_rate` and `channel_count`, each a number (= ideal) or `{ exact | min | max |
+    /// ideal }`. Default: 48000 Hz mono preferred.
+    pub constraints: AudioConstraints,
 }
 
 impl Default for AudioConfig {
@@ -136,6 +226,8 @@ impl Default for AudioConfig {
         Self {
             source: AudioSourceKind::Auto,
             bitrate_kbps: Ranged(32),
+            device: None,
+            constraints: AudioConstraints::default(),
         }
     }
 }
@@ -283,6 +375,55 @@ impl From<EvenDimension> for i64 {
     }
 }
 
+/// An Argon2 PHC string (`$argon2id$v=19$m=…`), or empty for "no password yet".
+#[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct PasswordHash(pub String);
+
+impl TryFrom<String> for PasswordHash {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if s.is_empty() {
+            return Ok(PasswordHash(s));
+        }
+        match argon2::PasswordHash::new(&s) {
+            Ok(_) if s.starts_with("$argon2") => Ok(PasswordHash(s)),
+            _ => Err("not an Argon2 hash: put the output of `peercam hash-password` here, not the password itself".into()),
+        }
+    }
+}
+
+impl From<PasswordHash> for String {
+    fn from(p: PasswordHash) -> String {
+        p.0
+    }
+}
+
+/// SHA-256 of a bearer token, 64 hex digits.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct TokenHash(pub [u8; 32]);
+
+impl TryFrom<String> for TokenHash {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let bytes: Option<Vec<u8>> = (0..s.len())
+            .step_by(2)
+            .map(|i| s.get(i..i + 2).and_then(|h| u8::from_str_radix(h, 16).ok()))
+            .collect();
+        match bytes {
+            Some(b) if b.len() == 32 && s.len() == 64 => Ok(TokenHash(b.try_into().expect("32 bytes"))),
+            _ => Err("not a SHA-256 hex digest (64 hex digits): use the hash line printed by `peercam new-token`".into()),
+        }
+    }
+}
+
+impl From<TokenHash> for String {
+    fn from(t: TokenHash) -> String {
+        t.0.iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
 /// A STUN/TURN URL, checked for its scheme.
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(try_from = "String", into = "String")]
@@ -392,6 +533,8 @@ level = "debug"
             ("[http]\nlisten = \"nowhere\"\n", "listen", "line 2"),
             ("[video]\nsource = \"webcam\"\n", "webcam", "line 2"),
             ("[webrtc]\nudp_port = 70000\n", "udp_port", "line 2"),
+            ("[auth]\npassword_hash = \"hunter2\"\n", "not an Argon2 hash", "line 2"),
+            ("[auth]\ntoken_sha256 = [\"abc\"]\n", "SHA-256", "line 2"),
             (
                 "[webrtc]\nice_servers = [{ urls = [\"http://x\"] }]\n",
                 "not an ICE server URL",
@@ -403,6 +546,48 @@ level = "debug"
             assert!(e.contains(what), "expected {what:?} in: {e}");
             assert!(e.contains(line), "expected {line:?} in: {e}");
         }
+    }
+
+    #[test]
+    fn camera_and_microphone_keys_parse() {
+        let c = parse(
+            r#"
+[video]
+source = "v4l2"
+device = { exact = "usb-046d_HD_Pro_Webcam_C920-video-index0" }
+[video.constraints]
+width = { min = 640, ideal = 1280 }
+frame_rate = { max = 30 }
+format = "MJPG"
+[video.controls]
+brightness = 140
+power_line_frequency = "50 Hz"
+exposure_dynamic_framerate = false
+[audio]
+source = "alsa"
+device = "hw:1,0"
+[audio.constraints]
+sample_rate = { exact = 44100 }
+channel_count = 2
+"#,
+        )
+        .unwrap();
+        assert_eq!(c.video.source, VideoSourceKind::V4l2);
+        assert_eq!(c.video.device, Some(StrConstraint::exact("usb-046d_HD_Pro_Webcam_C920-video-index0")));
+        assert_eq!(c.video.constraints.width.unwrap().min, Some(640.0));
+        assert_eq!(c.video.controls["power_line_frequency"], ControlValue::Menu("50 Hz".into()));
+        assert_eq!(c.video.controls["brightness"], ControlValue::Int(140));
+        assert_eq!(c.audio.source, AudioSourceKind::Alsa);
+        assert_eq!(c.audio.constraints.sample_rate.unwrap().exact, Some(44100.0));
+        assert_eq!(parse(&c.to_toml()).unwrap(), c);
+        let e = parse("[video.constraints]
+width = { min = 900, max = 600 }
+").unwrap_err();
+        assert!(e.contains("greater than max") && e.contains("line 2"), "{e}");
+        let e = parse("[audio.constraints]
+sample_rte = 48000
+").unwrap_err();
+        assert!(e.contains("sample_rte") && e.contains("line 2"), "{e}");
     }
 
     #[test]

@@ -1,13 +1,19 @@
-//! HTTP: the embedded page, WHEP and the JSON API, on one axum router.
+//! HTTP: the embedded page, WHEP and the JSON API, on one axum router, all behind `auth`.
+
+pub mod auth;
+pub mod tls;
 
 use crate::pipeline::Pipeline;
 use crate::rtc::session::Sessions;
 use crate::signal::whep;
-use axum::extract::{DefaultBodyLimit, Path, State};
-use axum::http::{header, StatusCode};
-use axum::response::{IntoResponse, Response};
+use auth::{Auth, Decision, LoginResult};
+use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
+use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{Html, IntoResponse, Redirect, Response};
 use axum::routing::{get, post};
-use axum::{Json, Router};
+use axum::{Form, Json, Router};
+use std::net::SocketAddr;
 use serde_json::{json, Value};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -22,6 +28,9 @@ pub struct AppState {
     pub sessions: Arc<Sessions>,
     pub pipeline: Arc<Pipeline>,
     pub max_body_bytes: usize,
+    pub auth: Arc<Auth>,
+    /// Served over HTTPS: cookies get the Secure flag.
+    pub tls: bool,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -31,9 +40,140 @@ pub fn router(state: AppState) -> Router {
         .route("/whep", post(whep::post))
         .route("/whep/{id}", axum::routing::delete(whep::delete).patch(whep::patch))
         .route("/api/settings", get(settings))
+        .route("/api/devices", get(devices))
+        .route("/api/token", post(mint_token))
+        .route("/login", get(login_page).post(login))
+        .route("/logout", post(logout))
         .route("/{*path}", get(asset))
+        .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(limit))
         .with_state(state)
+}
+
+/// Pages anyone may load: the login form and what it needs.
+fn is_public(path: &str) -> bool {
+    matches!(path, "/login" | "/style.css" | "/favicon.ico")
+}
+
+fn bearer(headers: &HeaderMap) -> Option<&str> {
+    let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
+    let (scheme, token) = v.split_once(' ')?;
+    scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
+}
+
+fn session_cookie(headers: &HeaderMap) -> Option<&str> {
+    headers
+        .get_all(header::COOKIE)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .find_map(|h| auth::cookie_value(h, auth::COOKIE))
+}
+
+/// Every request passes here: page, API, WHEP, signaling, WebSocket upgrades alike.
+async fn guard(State(app): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, req: Request, next: Next) -> Response {
+    let path = req.uri().path().to_string();
+    if is_public(&path) {
+        return next.run(req).await;
+    }
+    let headers = req.headers();
+    // WHEP is for programs: bearer tokens only (RFC 9725), never the browser's cookie.
+    let cookie = if path.starts_with("/whep") { None } else { session_cookie(headers) };
+    match app.auth.decide(peer.ip(), cookie, bearer(headers)) {
+        Decision::Allow => next.run(req).await,
+        Decision::NeedsPasswordSetup => {
+            let page = asset_text("setup.html").unwrap_or_else(|| "This camera has no password yet.".into());
+            (StatusCode::FORBIDDEN, Html(page)).into_response()
+        }
+        Decision::NeedsLogin => {
+            let wants_page = req.method() == Method::GET
+                && !path.starts_with("/api/")
+                && !path.starts_with("/whep")
+                && !path.starts_with("/peerjs");
+            if wants_page {
+                Redirect::to("/login").into_response()
+            } else {
+                let mut r = (StatusCode::UNAUTHORIZED, "log in first, or send Authorization: Bearer <token>\n").into_response();
+                r.headers_mut().insert(header::WWW_AUTHENTICATE, HeaderValue::from_static("Bearer realm=\"peercam\""));
+                r
+            }
+        }
+    }
+}
+
+fn asset_text(name: &str) -> Option<String> {
+    WebAssets::get(name).map(|f| String::from_utf8_lossy(&f.data).into_owned())
+}
+
+#[derive(serde::Deserialize)]
+struct LoginQuery {
+    e: Option<String>,
+}
+
+async fn login_page(State(app): State<AppState>, Query(q): Query<LoginQuery>) -> Response {
+    login_response(&app, StatusCode::OK, q.e.as_deref())
+}
+
+fn login_response(app: &AppState, status: StatusCode, error: Option<&str>) -> Response {
+    let message = match error {
+        _ if !app.auth.password_set() => "No password is set on this camera yet: see the instructions below.",
+        Some("wrong") => "Wrong password.",
+        Some("wait") => "Too many wrong passwords: wait a moment, then try again.",
+        _ => "",
+    };
+    let page = asset_text("login.html").unwrap_or_default().replace("{{message}}", message);
+    (status, [(header::CACHE_CONTROL, "no-store")], Html(page)).into_response()
+}
+
+#[derive(serde::Deserialize)]
+struct LoginForm {
+    password: String,
+}
+
+async fn login(State(app): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, Form(form): Form<LoginForm>) -> Response {
+    let auth = app.auth.clone();
+    // Argon2 takes tens of milliseconds of CPU and memory: keep it off the async workers.
+    let result = tokio::task::spawn_blocking(move || auth.login(peer.ip(), &form.password)).await;
+    match result {
+        Ok(LoginResult::Ok(cookie)) => {
+            log::info!("login from {peer}");
+            let ttl = app.auth.session_ttl();
+            (
+                StatusCode::SEE_OTHER,
+                [(header::LOCATION, "/".to_string()), (header::SET_COOKIE, auth::session_cookie(&cookie, app.tls, ttl))],
+            )
+                .into_response()
+        }
+        Ok(LoginResult::Wrong) => {
+            log::warn!("wrong password from {peer}");
+            login_response(&app, StatusCode::UNAUTHORIZED, Some("wrong"))
+        }
+        Ok(LoginResult::TooMany(wait)) => {
+            log::warn!("login from {peer} refused: backing off for {} s", wait.as_secs() + 1);
+            let mut r = login_response(&app, StatusCode::TOO_MANY_REQUESTS, Some("wait"));
+            r.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from(wait.as_secs() + 1));
+            r
+        }
+        Ok(LoginResult::NoPasswordSet) => login_response(&app, StatusCode::FORBIDDEN, None),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("login failed: {e}\n")).into_response(),
+    }
+}
+
+async fn logout(State(app): State<AppState>, headers: HeaderMap) -> Response {
+    if let Some(c) = session_cookie(&headers) {
+        app.auth.logout(c);
+    }
+    (
+        StatusCode::SEE_OTHER,
+        [(header::LOCATION, "/login".to_string()), (header::SET_COOKIE, auth::clear_cookie(app.tls))],
+    )
+        .into_response()
+}
+
+/// A bearer token for the page's own WHEP requests, valid until logout. `null` when this client
+/// needs none (no password set, loopback).
+async fn mint_token(State(app): State<AppState>, headers: HeaderMap) -> Json<Value> {
+    let token = session_cookie(&headers).and_then(|c| app.auth.mint_token(c));
+    Json(json!({ "token": token, "password_set": app.auth.password_set() }))
 }
 
 async fn index() -> Response {
@@ -85,4 +225,13 @@ pub fn settings_json(app: &AppState) -> Value {
 
 async fn settings(State(app): State<AppState>) -> Json<Value> {
     Json(settings_json(&app))
+}
+
+/// Cameras and sound devices with everything they offer (`peercam devices --json`). Probing
+/// does blocking ioctls, so it runs off the async runtime.
+async fn devices() -> Response {
+    match tokio::task::spawn_blocking(crate::capture::devices::list).await {
+        Ok(list) => Json(list).into_response(),
+        Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("device listing failed: {e}\n")).into_response(),
+    }
 }

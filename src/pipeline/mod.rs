@@ -10,7 +10,8 @@
 
 use crate::capture::testsrc::TestPattern;
 use crate::capture::tone::Tone;
-use crate::capture::{AudioFrame, AudioSource, VideoFrame, VideoSource, AUDIO_FRAME_SAMPLES};
+use crate::capture::slate;
+use crate::capture::{AudioFrame, AudioSource, CaptureError, VideoFrame, VideoSource, AUDIO_FRAME_SAMPLES};
 use crate::codec::h264::{H264Encoder, H264Params, PROFILE_LEVEL_ID};
 use crate::codec::opus::OpusEncoder;
 use crate::config::{AudioSourceKind, Config, VideoSourceKind};
@@ -25,6 +26,10 @@ use std::time::{Duration, Instant};
 /// Forced IDRs at most this often; more requests in between are coalesced.
 const KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(250);
 const IDLE_POLL: Duration = Duration::from_millis(500);
+/// Frame period of the "CAMERA OFFLINE" slate.
+const SLATE_PERIOD: Duration = Duration::from_millis(200);
+/// A capture loop that has not turned for this long is stalled.
+const STALL_LIMIT: Duration = Duration::from_secs(3);
 
 /// Counters the threads update and `/api/settings` reads.
 #[derive(Default)]
@@ -34,8 +39,11 @@ pub struct Stats {
     pub frames_dropped: AtomicU64,
     /// Last encode time in microseconds (for the settings page and benchmarks).
     pub encode_us: AtomicU64,
-    /// Unix ms of the last captured video frame: the watchdog's proof of life.
+    /// Unix ms of the last captured video frame.
     pub last_capture_ms: AtomicU64,
+    /// Unix ms of the last turn of the video capture loop (idle or not): the watchdog's proof
+    /// that the capture thread is alive.
+    pub capture_heartbeat_ms: AtomicU64,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -48,6 +56,9 @@ pub struct VideoSettings {
     pub fps: u32,
     pub bitrate_kbps: u32,
     pub keyframe_interval_s: u32,
+    /// Why the configured camera is not what is being sent (missing, busy, overconstrained…).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -57,6 +68,9 @@ pub struct AudioSettings {
     pub sample_rate: u32,
     pub channels: u32,
     pub bitrate_kbps: u32,
+    /// Why the configured microphone is not what is being sent.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub problem: Option<String>,
 }
 
 pub struct Pipeline {
@@ -72,24 +86,11 @@ impl Pipeline {
     pub fn start(config: &Config, hub: Arc<Hub>) -> Result<Pipeline, String> {
         let stop = Arc::new(AtomicBool::new(false));
         let stats = Arc::new(Stats::default());
+        stats.capture_heartbeat_ms.store(crate::capture::unix_now_us() / 1000, Ordering::Relaxed);
         let v = &config.video;
-        let (width, height, fps) = (v.width.get(), v.height.get(), v.fps.get());
 
-        let video_source: Box<dyn VideoSource> = match v.source {
-            VideoSourceKind::Testsrc => Box::new(TestPattern::new(width, height, fps)),
-            VideoSourceKind::Auto => {
-                log::info!("video source \"auto\": no camera support in this build; using the test pattern");
-                Box::new(TestPattern::new(width, height, fps))
-            }
-        };
-        let audio_source: Box<dyn AudioSource> = match config.audio.source {
-            AudioSourceKind::Tone => Box::new(Tone::new()),
-            AudioSourceKind::None => Box::new(Tone::silence()),
-            AudioSourceKind::Auto => {
-                log::info!("audio source \"auto\": no microphone support in this build; using the test tone");
-                Box::new(Tone::new())
-            }
-        };
+        let (video_source, video_problem) = select_video(v);
+        let (audio_source, audio_problem) = select_audio(&config.audio);
         let (sw, sh, sfps) = video_source.settings();
         let video = VideoSettings {
             source: video_source.name(),
@@ -100,6 +101,7 @@ impl Pipeline {
             fps: sfps,
             bitrate_kbps: v.bitrate_kbps.get(),
             keyframe_interval_s: v.keyframe_interval_s.get(),
+            problem: video_problem,
         };
         let audio = AudioSettings {
             source: audio_source.name(),
@@ -107,6 +109,7 @@ impl Pipeline {
             sample_rate: 48_000,
             channels: 1,
             bitrate_kbps: config.audio.bitrate_kbps.get(),
+            problem: audio_problem,
         };
         let params = H264Params {
             width: sw,
@@ -136,13 +139,94 @@ impl Pipeline {
         Ok(Pipeline { hub, stats, video, audio, stop, threads: Mutex::new(threads) })
     }
 
-    /// Stops the threads (they notice within `IDLE_POLL` or one frame).
+    /// Stops the threads (they notice within `IDLE_POLL` or one frame). A thread stuck in a
+    /// device call is left behind rather than holding up the exit.
     pub fn shutdown(&self) {
         self.stop.store(true, Ordering::SeqCst);
         let threads: Vec<_> = self.threads.lock().unwrap_or_else(|e| e.into_inner()).drain(..).collect();
+        let deadline = Instant::now() + Duration::from_millis(700);
         for t in threads {
-            let _ = t.join();
+            while !t.is_finished() && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            if t.is_finished() {
+                let _ = t.join();
+            } else {
+                log::warn!("thread {} did not stop in time", t.thread().name().unwrap_or("?"));
+            }
         }
+    }
+
+    /// Whether the capture thread is still turning (for the systemd watchdog).
+    pub fn health(&self) -> Result<(), String> {
+        let beat = self.stats.capture_heartbeat_ms.load(Ordering::Relaxed);
+        let now = crate::capture::unix_now_us() / 1000;
+        let age = now.saturating_sub(beat);
+        if age > STALL_LIMIT.as_millis() as u64 {
+            return Err(format!("the video capture thread has not run for {:.1} s", age as f64 / 1000.0));
+        }
+        Ok(())
+    }
+}
+
+/// The video source the config asks for. `v4l2`: the camera, or, while it cannot be opened, the
+/// offline slate (it keeps being retried). `auto`: the first usable camera, else the test
+/// pattern. Returns the reason when the source is not what was asked for.
+fn select_video(v: &crate::config::VideoConfig) -> (Box<dyn VideoSource>, Option<String>) {
+    use crate::capture::v4l2::{CameraRequest, V4l2Camera};
+    let (width, height, fps) = (v.width.get(), v.height.get(), v.fps.get());
+    match v.source {
+        VideoSourceKind::Testsrc => (Box::new(TestPattern::new(width, height, fps)), None),
+        VideoSourceKind::V4l2 => match V4l2Camera::new(CameraRequest::from_config(v)) {
+            (cam, Ok(o)) => {
+                log::info!("video source: camera {} ({}, {}), {}", o.device.id, o.device.path, o.device.card, o.mode);
+                (Box::new(cam), None)
+            }
+            (cam, Err(e)) => {
+                log::error!("video source \"v4l2\": {e}; showing the offline slate until the camera is usable");
+                (Box::new(cam), Some(e))
+            }
+        },
+        VideoSourceKind::Auto => match V4l2Camera::open(CameraRequest::from_config(v)) {
+            Ok((cam, o)) => {
+                log::info!("video source \"auto\": camera {} ({}, {}), {}", o.device.id, o.device.path, o.device.card, o.mode);
+                (Box::new(cam), None)
+            }
+            Err(e) => {
+                log::info!("video source \"auto\": {e}; using the test pattern");
+                (Box::new(TestPattern::new(width, height, fps)), Some(e))
+            }
+        },
+    }
+}
+
+/// The audio source the config asks for (see `select_video`); an offline microphone sends
+/// silence.
+fn select_audio(a: &crate::config::AudioConfig) -> (Box<dyn AudioSource>, Option<String>) {
+    use crate::capture::alsa::{AlsaMic, MicRequest};
+    match a.source {
+        AudioSourceKind::Tone => (Box::new(Tone::new()), None),
+        AudioSourceKind::None => (Box::new(Tone::silence()), None),
+        AudioSourceKind::Alsa => match AlsaMic::new(MicRequest::from_config(a)) {
+            (mic, Ok(o)) => {
+                log::info!("audio source: {} ({:?}, {} Hz, {} ch)", o.pcm, o.format, o.rate, o.channels);
+                (Box::new(mic), None)
+            }
+            (mic, Err(e)) => {
+                log::error!("audio source \"alsa\": {e}; sending silence until the microphone is usable");
+                (Box::new(mic), Some(e))
+            }
+        },
+        AudioSourceKind::Auto => match AlsaMic::open(MicRequest::from_config(a)) {
+            Ok((mic, o)) => {
+                log::info!("audio source \"auto\": {} ({:?}, {} Hz, {} ch)", o.pcm, o.format, o.rate, o.channels);
+                (Box::new(mic), None)
+            }
+            Err(e) => {
+                log::info!("audio source \"auto\": {e}; using the test tone");
+                (Box::new(Tone::new()), Some(e))
+            }
+        },
     }
 }
 
@@ -189,7 +273,20 @@ fn video_capture_loop(
     let (w, h, _) = source.settings();
     let mut spare: Option<VideoFrame> = None;
     let mut failing = false;
+    // Test hook for the watchdog test: simulate a capture thread wedged in a driver call.
+    let stall_at = std::env::var("PEERCAM_FAULT_STALL_CAPTURE_AFTER_MS")
+        .ok()
+        .and_then(|v| v.parse::<u64>().ok())
+        .map(|ms| Instant::now() + Duration::from_millis(ms));
     while !stop.load(Ordering::Relaxed) {
+        stats.capture_heartbeat_ms.store(crate::capture::unix_now_us() / 1000, Ordering::Relaxed);
+        if stall_at.is_some_and(|t| Instant::now() >= t) {
+            log::warn!("PEERCAM_FAULT_STALL_CAPTURE_AFTER_MS: stalling the capture thread");
+            while !stop.load(Ordering::Relaxed) {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            return;
+        }
         if !hub.demand.wait_for_viewers(IDLE_POLL) {
             continue;
         }
@@ -216,8 +313,19 @@ fn video_capture_loop(
                     log::warn!("video source {}: {e}", source.name());
                     failing = true;
                 }
-                spare = Some(frame);
-                std::thread::sleep(Duration::from_millis(100));
+                if let CaptureError::Gone(_) = e {
+                    // The device went away: viewers stay connected and see the slate (a few
+                    // frames a second) while the source keeps trying to reopen it.
+                    let (sw, sh, _) = source.settings();
+                    slate::render(&mut frame, sw, sh, slate::OFFLINE, crate::capture::unix_now_us());
+                    if let Some(old) = mailbox.put(frame) {
+                        spare = Some(old);
+                    }
+                    std::thread::sleep(SLATE_PERIOD);
+                } else {
+                    spare = Some(frame);
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
         }
     }

@@ -1,7 +1,9 @@
 //! The running service: logging, start-up order, and a clean shutdown on SIGTERM/SIGINT.
 
 use crate::config::Config;
-use crate::http::{self, AppState};
+use crate::http::auth::Auth;
+use crate::http::{self, tls, AppState};
+use std::net::SocketAddr;
 use crate::hub::Hub;
 use crate::pipeline::Pipeline;
 use crate::rtc::session::Sessions;
@@ -40,44 +42,139 @@ pub fn init_logging(level: log::LevelFilter) {
 
 /// Runs until SIGTERM or SIGINT.
 pub async fn run(config: Config) -> anyhow::Result<()> {
+    // webrtc (DTLS) and rcgen use ring; make it rustls' provider before anything builds a config.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+
     let hub = Hub::new();
     let pipeline = Arc::new(Pipeline::start(&config, hub.clone()).map_err(anyhow::Error::msg)?);
     let engine = RtcEngine::new(&config.webrtc).await.map_err(anyhow::Error::msg)?;
     let sessions = Sessions::new(engine, hub, config.webrtc.max_viewers.get() as usize);
+    let auth = Arc::new(Auth::new(&config.auth));
+    if !auth.password_set() {
+        log::warn!(
+            "no password is set: only clients on this machine (loopback) are served. \
+             Run `peercam hash-password` and put the result in [auth] password_hash"
+        );
+    }
     let state = AppState {
         sessions: sessions.clone(),
         pipeline: pipeline.clone(),
         max_body_bytes: config.http.max_body_bytes.get() as usize,
+        auth,
+        tls: config.http.tls,
     };
-    let app = http::router(state);
+    let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let listen = config.http.listen;
-    let listener = tokio::net::TcpListener::bind(listen).await.map_err(|e| {
-        anyhow::anyhow!("cannot listen on {listen}: {e} (set [http] listen to a free address:port)")
-    })?;
+    let listener = bind(listen, "[http] listen")?;
     let local = listener.local_addr()?;
+    let handle = axum_server::Handle::<SocketAddr>::new();
+    let scheme = if config.http.tls { "https" } else { "http" };
+
+    let server = if config.http.tls {
+        let files = tls::cert_files(&config.http.tls_cert, &config.http.tls_key, &config.http.state_dir())
+            .map_err(anyhow::Error::msg)?;
+        let tls_config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
+            .await
+            .map_err(|e| anyhow::anyhow!("cannot load the TLS certificate {}: {e}", files.cert.display()))?;
+        let server = axum_server::tls_rustls::from_tcp_rustls(listener, tls_config)?.handle(handle.clone());
+        tokio::spawn(async move { server.serve(app).await })
+    } else {
+        let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+        tokio::spawn(async move { server.serve(app).await })
+    };
+    if let Some(redirect) = config.http.redirect_listen {
+        let listener = bind(redirect, "[http] redirect_listen")?;
+        let https_port = local.port();
+        let redirect_app = axum::Router::new()
+            .fallback(move |headers: axum::http::HeaderMap, uri: axum::http::Uri| async move {
+                to_https(&headers, &uri, https_port)
+            })
+            .into_make_service();
+        let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+        tokio::spawn(async move { server.serve(redirect_app).await });
+        log::info!("plain HTTP on {redirect} redirects to HTTPS");
+    }
+
     log::info!("WebRTC media on UDP {}", sessions.udp_addr());
     log::info!(
         "video: {} {}x{} @ {} fps; audio: {}",
         pipeline.video.source, pipeline.video.width, pipeline.video.height, pipeline.video.fps, pipeline.audio.source
     );
     let shown = if local.ip().is_unspecified() {
-        format!("http://localhost:{}/", local.port())
+        format!("{scheme}://localhost:{}/", local.port())
     } else {
-        format!("http://{local}/")
+        format!("{scheme}://{local}/")
     };
     // Tests and scripts wait for this exact phrase.
     log::info!("listening on {shown}");
     eprintln!("peercam: open {shown} in a browser");
+    // Sockets are bound and the pipeline threads run: tell systemd (Type=notify).
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    let watchdog = tokio::spawn(watchdog(pipeline.clone()));
 
-    axum::serve(listener, app.into_make_service_with_connect_info::<std::net::SocketAddr>())
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    tokio::select! {
+        _ = shutdown_signal() => {}
+        result = server => {
+            match result {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => log::error!("HTTP server failed: {e}"),
+                Err(e) => log::error!("HTTP server task failed: {e}"),
+            }
+        }
+    }
 
     log::info!("shutting down");
+    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    watchdog.abort();
+    handle.graceful_shutdown(Some(Duration::from_millis(300)));
     // Bounded: a stuck peer must not keep the service from exiting.
-    let _ = tokio::time::timeout(Duration::from_millis(1500), sessions.close_all()).await;
+    let _ = tokio::time::timeout(Duration::from_millis(1000), sessions.close_all()).await;
     pipeline.shutdown();
     Ok(())
+}
+
+fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<std::net::TcpListener> {
+    let listener = std::net::TcpListener::bind(addr)
+        .map_err(|e| anyhow::anyhow!("cannot listen on {addr}: {e} (set {key} to a free address:port)"))?;
+    listener.set_nonblocking(true)?;
+    Ok(listener)
+}
+
+fn to_https(headers: &axum::http::HeaderMap, uri: &axum::http::Uri, port: u16) -> axum::response::Response {
+    use axum::response::IntoResponse;
+    let host = headers
+        .get(axum::http::header::HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(|h| h.rsplit_once(':').map(|(name, _)| name).unwrap_or(h).trim_start_matches('[').trim_end_matches(']'))
+        .filter(|h| !h.is_empty() && h.chars().all(|c| c.is_ascii_alphanumeric() || ".-:".contains(c)))
+        .unwrap_or("localhost");
+    let host = if host.contains(':') { format!("[{host}]") } else { host.to_string() };
+    let path = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let target = if port == 443 { format!("https://{host}{path}") } else { format!("https://{host}:{port}{path}") };
+    axum::response::Redirect::permanent(&target).into_response()
+}
+
+/// Sends WATCHDOG=1 at half the systemd interval, but only while the pipeline is healthy: a
+/// capture thread that stopped looping means no keep-alive, and systemd restarts the service.
+async fn watchdog(pipeline: Arc<Pipeline>) {
+    let Some(interval) = sd_notify::watchdog_enabled() else { return };
+    let period = interval / 2;
+    let mut warned = false;
+    loop {
+        tokio::time::sleep(period).await;
+        match pipeline.health() {
+            Ok(()) => {
+                warned = false;
+                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+            }
+            Err(why) => {
+                if !warned {
+                    log::error!("withholding the watchdog keep-alive: {why}");
+                    warned = true;
+                }
+            }
+        }
+    }
 }
 
 async fn shutdown_signal() {

@@ -1,0 +1,436 @@
+//! A V4L2 camera as a `VideoSource`: mmap streaming with a blocking dequeue on the capture
+//! thread, the mode chosen by constraint resolution over what the device enumerates, controls
+//! from the config, frames converted to I420 (see `convert`).
+//!
+//! Faults: when a dequeue (or anything else) fails, the device is closed and `next_frame`
+//! returns `CaptureError::Gone`; the pipeline then shows the "CAMERA OFFLINE" slate. Every call
+//! after that tries to open the camera again, at most every [`RETRY`], and the first frame after
+//! a successful reopen is delivered as usual. Reopening resolves the constraints again, so a
+//! camera that comes back under another `/dev/videoN` is found by its stable id or card name.
+
+use super::constraints::{
+    resolve_video, ControlValue, FourCc, NumConstraint, StrConstraint, VideoConstraints, VideoMode,
+};
+use super::convert::Converter;
+use super::devices::{self, ControlInfo, VideoDevice};
+use super::{unix_now_us, CaptureError, VideoFrame, VideoSource};
+use crate::config::VideoConfig;
+use std::collections::BTreeMap;
+use std::io;
+use std::time::{Duration, Instant};
+use v4l::buffer::Type as BufType;
+use v4l::io::traits::CaptureStream;
+use v4l::prelude::MmapStream;
+use v4l::video::Capture;
+
+/// How often a missing camera is looked for.
+pub const RETRY: Duration = Duration::from_millis(500);
+/// A dequeue that waits longer than this counts as a stalled camera (closed and reopened).
+const DEQUEUE_TIMEOUT: Duration = Duration::from_secs(2);
+const BUFFERS: u32 = 4;
+
+/// What the config asks for.
+#[derive(Debug, Clone, PartialEq)]
+pub struct CameraRequest {
+    pub device: Option<StrConstraint>,
+    pub constraints: VideoConstraints,
+    pub controls: BTreeMap<String, ControlValue>,
+}
+
+impl CameraRequest {
+    /// `[video]` → request: constraints the config leaves unset take `width`, `height`, `fps`
+    /// as their ideal.
+    pub fn from_config(v: &VideoConfig) -> Self {
+        let mut c = v.constraints.clone();
+        c.width.get_or_insert(NumConstraint::ideal(v.width.get() as f64));
+        c.height.get_or_insert(NumConstraint::ideal(v.height.get() as f64));
+        c.frame_rate.get_or_insert(NumConstraint::ideal(v.fps.get() as f64));
+        Self { device: v.device.clone(), constraints: c, controls: v.controls.clone() }
+    }
+
+    /// The size and rate to show while nothing is open (the ideal, or exact, values).
+    fn nominal(&self) -> (u32, u32, u32) {
+        let pick = |c: &Option<NumConstraint>, d: f64| {
+            c.as_ref().and_then(|c| c.exact.or(c.ideal).or(c.max).or(c.min)).unwrap_or(d)
+        };
+        let w = (pick(&self.constraints.width, 640.0) as u32).clamp(64, 3840) & !1;
+        let h = (pick(&self.constraints.height, 480.0) as u32).clamp(64, 2160) & !1;
+        let fps = (pick(&self.constraints.frame_rate, 30.0).round() as u32).clamp(1, 60);
+        (w, h, fps)
+    }
+}
+
+struct Open {
+    /// Declared before `dev` so it is dropped (STREAMOFF, unmap) first.
+    stream: MmapStream<'static>,
+    _dev: v4l::Device,
+    conv: Converter,
+    timeouts: u32,
+    bad_frames: u32,
+}
+
+pub struct V4l2Camera {
+    req: CameraRequest,
+    open: Option<Open>,
+    /// The chosen camera and mode (last known while offline).
+    label: String,
+    size: (u32, u32, u32),
+    mode: Option<VideoMode>,
+    next_retry: Instant,
+    last_error: String,
+}
+
+/// What `open` found, for logs and `/api/settings`.
+#[derive(Debug, Clone)]
+pub struct Opened {
+    pub device: VideoDevice,
+    pub mode: VideoMode,
+    pub warnings: Vec<String>,
+}
+
+impl V4l2Camera {
+    /// Opens the camera the request resolves to. On failure the camera starts *offline*: the
+    /// error is returned alongside so the caller can log and report it, and `next_frame` keeps
+    /// trying.
+    pub fn new(req: CameraRequest) -> (Self, Result<Opened, String>) {
+        let mut cam = Self {
+            size: req.nominal(),
+            req,
+            open: None,
+            label: "v4l2 camera".into(),
+            mode: None,
+            next_retry: Instant::now(),
+            last_error: String::new(),
+        };
+        let r = cam.try_open();
+        (cam, r)
+    }
+
+    /// Opens the camera or fails (for `source = "auto"`, which then uses the test pattern).
+    pub fn open(req: CameraRequest) -> Result<(Self, Opened), String> {
+        let (cam, r) = Self::new(req);
+        r.map(|o| (cam, o))
+    }
+
+    pub fn mode(&self) -> Option<VideoMode> {
+        self.mode
+    }
+
+    pub fn is_open(&self) -> bool {
+        self.open.is_some()
+    }
+
+    fn try_open(&mut self) -> Result<Opened, String> {
+        self.next_retry = Instant::now() + RETRY;
+        match open_device(&self.req) {
+            Ok((open, opened)) => {
+                let m = opened.mode;
+                self.size = (open.conv_size().0, open.conv_size().1, m.fps().round().max(1.0) as u32);
+                self.label = format!("v4l2 {} ({}) {}", opened.device.id, opened.device.card, m);
+                self.mode = Some(m);
+                self.open = Some(open);
+                self.last_error.clear();
+                for w in &opened.warnings {
+                    log::warn!("camera {}: {w}", opened.device.id);
+                }
+                Ok(opened)
+            }
+            Err(e) => {
+                if e != self.last_error {
+                    log::debug!("camera: {e}");
+                }
+                self.last_error = e.clone();
+                Err(e)
+            }
+        }
+    }
+
+    fn close(&mut self, why: String) -> CaptureError {
+        if let Some(open) = self.open.take() {
+            // The v4l crate panics in Drop on errors other than ENODEV (a half-gone device can
+            // give others); never let that take the capture thread down.
+            let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(open)));
+        }
+        self.last_error = why.clone();
+        self.next_retry = Instant::now() + RETRY;
+        CaptureError::Gone(why)
+    }
+}
+
+impl Open {
+    fn conv_size(&self) -> (u32, u32) {
+        self.conv.output_size()
+    }
+}
+
+impl VideoSource for V4l2Camera {
+    fn name(&self) -> String {
+        self.label.clone()
+    }
+
+    fn next_frame(&mut self, frame: &mut VideoFrame) -> Result<(), CaptureError> {
+        if self.open.is_none() {
+            if Instant::now() < self.next_retry {
+                return Err(CaptureError::Gone(self.offline_message()));
+            }
+            if self.try_open().is_err() {
+                return Err(CaptureError::Gone(self.offline_message()));
+            }
+        }
+        loop {
+            let open = self.open.as_mut().expect("opened above");
+            let result = open.stream.next().map(|(buf, meta)| {
+                let used = (meta.bytesused as usize).min(buf.len());
+                let error = meta.flags.contains(v4l::buffer::Flags::ERROR) || used == 0;
+                let ts = (meta.timestamp.sec as i64) * 1_000_000 + meta.timestamp.usec as i64;
+                (error, if error { Ok(()) } else { open.conv.convert(&buf[..used], frame) }, ts)
+            });
+            match result {
+                Ok((true, _, _)) => continue, // the driver flagged a corrupt buffer: next one
+                Ok((false, Ok(()), ts)) => {
+                    open.timeouts = 0;
+                    open.bad_frames = 0;
+                    frame.capture_unix_us = capture_time_us(ts);
+                    return Ok(());
+                }
+                Ok((false, Err(e), _)) => {
+                    // A broken MJPEG frame now and then is normal on USB; many in a row is not.
+                    open.bad_frames += 1;
+                    if open.bad_frames >= 30 {
+                        return Err(self.close(format!("{}: every frame is broken: {e}", self.label)));
+                    }
+                    if open.bad_frames == 1 {
+                        log::debug!("{}: dropped a frame: {e}", self.label);
+                    }
+                    continue;
+                }
+                Err(e) if e.kind() == io::ErrorKind::Interrupted => continue,
+                Err(e) if e.kind() == io::ErrorKind::TimedOut => {
+                    open.timeouts += 1;
+                    if open.timeouts >= 2 {
+                        return Err(self.close(format!("{}: no frame for {} s", self.label, 2 * DEQUEUE_TIMEOUT.as_secs())));
+                    }
+                    return Err(CaptureError::Failed(format!("{}: no frame within {:?}", self.label, DEQUEUE_TIMEOUT)));
+                }
+                Err(e) => {
+                    return Err(self.close(format!("{} disappeared: {}", self.label, describe_io(&e))));
+                }
+            }
+        }
+    }
+
+    fn settings(&self) -> (u32, u32, u32) {
+        self.size
+    }
+}
+
+impl V4l2Camera {
+    fn offline_message(&self) -> String {
+        if self.last_error.is_empty() { format!("{} is offline", self.label) } else { self.last_error.clone() }
+    }
+}
+
+fn describe_io(e: &io::Error) -> String {
+    match e.raw_os_error() {
+        Some(libc::ENODEV) => "device removed (ENODEV)".into(),
+        Some(libc::EBUSY) => "device busy (EBUSY)".into(),
+        _ => e.to_string(),
+    }
+}
+
+/// The V4L2 buffer timestamp (CLOCK_MONOTONIC) as Unix time; the dequeue time if the driver
+/// gave none or an implausible one.
+fn capture_time_us(mono_us: i64) -> u64 {
+    let now_unix = unix_now_us();
+    let mut ts = libc::timespec { tv_sec: 0, tv_nsec: 0 };
+    // SAFETY: clock_gettime writes the timespec it is given.
+    if mono_us <= 0 || unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) } != 0 {
+        return now_unix;
+    }
+    let now_mono = ts.tv_sec as i64 * 1_000_000 + ts.tv_nsec as i64 / 1000;
+    let age = now_mono - mono_us;
+    if !(0..1_000_000).contains(&age) {
+        return now_unix;
+    }
+    now_unix.saturating_sub(age as u64)
+}
+
+/// Resolves the request over the cameras present and opens the winner.
+fn open_device(req: &CameraRequest) -> Result<(Open, Opened), String> {
+    let cams = devices::list_video();
+    if cams.is_empty() {
+        return Err(not_found_message(req));
+    }
+    let modes: Vec<_> = cams.iter().map(|c| c.modes()).collect();
+    let choice = resolve_video(&modes, req.device.as_ref(), &req.constraints, false).map_err(|e| {
+        if e.constraint == "device" { not_found_message(req) + &format!("; cameras here: {}", e.offers) } else { e.to_string() }
+    })?;
+    let cam = cams[choice.device].clone();
+    let mode = choice.mode;
+    let dev = v4l::Device::with_path(&cam.path).map_err(|e| format!("cannot open camera {}: {e}", cam.path))?;
+    let mut fmt = dev.format().map_err(|e| format!("camera {}: cannot read its format: {}", cam.path, describe_io(&e)))?;
+    fmt.width = mode.width;
+    fmt.height = mode.height;
+    fmt.fourcc = v4l::FourCC::new(&mode.fourcc.0);
+    let fmt = dev.set_format(&fmt).map_err(|e| match e.raw_os_error() {
+        Some(libc::EBUSY) => format!("camera {} ({}) is busy: another program is streaming from it", cam.id, cam.path),
+        _ => format!("camera {}: cannot set {mode}: {}", cam.path, describe_io(&e)),
+    })?;
+    let got = FourCc(fmt.fourcc.repr);
+    if got != mode.fourcc {
+        return Err(format!("camera {}: asked for {}, the driver gave {got}", cam.path, mode.fourcc));
+    }
+    let conv = Converter::new(got, fmt.width, fmt.height, fmt.stride)?;
+    let mut actual = mode;
+    actual.width = fmt.width;
+    actual.height = fmt.height;
+    let params = v4l::video::capture::Parameters::new(v4l::Fraction::new(mode.interval.num, mode.interval.den));
+    match dev.set_params(&params) {
+        Ok(p) if p.interval.numerator > 0 && p.interval.denominator > 0 => {
+            actual.interval = super::constraints::Fraction::new(p.interval.numerator, p.interval.denominator)
+        }
+        Ok(_) => {}
+        Err(e) => log::debug!("camera {}: cannot set the frame interval: {e}", cam.path),
+    }
+    let warnings = apply_controls(&dev, &cam.controls, &req.controls);
+    let mut stream = MmapStream::with_buffers(&dev, BufType::VideoCapture, BUFFERS).map_err(|e| match e.raw_os_error() {
+        Some(libc::EBUSY) => format!("camera {} ({}) is busy: another program is streaming from it", cam.id, cam.path),
+        _ => format!("camera {}: cannot map buffers: {}", cam.path, describe_io(&e)),
+    })?;
+    stream.set_timeout(DEQUEUE_TIMEOUT);
+    Ok((
+        Open { stream, _dev: dev, conv, timeouts: 0, bad_frames: 0 },
+        Opened { device: cam, mode: actual, warnings },
+    ))
+}
+
+fn not_found_message(req: &CameraRequest) -> String {
+    match req.device.as_ref().and_then(|d| d.wanted()) {
+        Some(want) => {
+            let p = std::path::Path::new(want);
+            if p.exists() {
+                match devices::probe_video(p, &BTreeMap::new()) {
+                    Ok(None) => return format!("{want} is not a video capture device"),
+                    Err(e) => return format!("camera {want}: {e}"),
+                    Ok(Some(_)) => {}
+                }
+            }
+            format!("camera {want:?} not found")
+        }
+        None => "no V4L2 capture device found".into(),
+    }
+}
+
+/// Sets `[video.controls]`; returns one warning per control that could not be set.
+pub fn apply_controls(dev: &v4l::Device, have: &[ControlInfo], want: &BTreeMap<String, ControlValue>) -> Vec<String> {
+    let mut warnings = Vec::new();
+    for (key, value) in want {
+        let Some(c) = have.iter().find(|c| c.key == *key || c.name.eq_ignore_ascii_case(key)) else {
+            let keys: Vec<&str> = have.iter().map(|c| c.key.as_str()).collect();
+            warnings.push(format!("no control {key:?}; this camera has: {}", keys.join(", ")));
+            continue;
+        };
+        match control_value(c, value) {
+            Ok(v) => {
+                let value = if c.typ == "bool" {
+                    v4l::control::Value::Boolean(v != 0)
+                } else {
+                    v4l::control::Value::Integer(v)
+                };
+                if let Err(e) = dev.set_control(v4l::control::Control { id: c.id, value }) {
+                    warnings.push(format!("cannot set {key} = {value:?}: {e}", value = v));
+                }
+            }
+            Err(e) => warnings.push(e),
+        }
+    }
+    warnings
+}
+
+/// The integer a config value means for one control (menu names looked up, range checked).
+pub fn control_value(c: &ControlInfo, value: &ControlValue) -> Result<i64, String> {
+    if c.read_only {
+        return Err(format!("control {} is read-only", c.key));
+    }
+    let v = match value {
+        ControlValue::Int(v) => *v,
+        ControlValue::Bool(b) => *b as i64,
+        ControlValue::Menu(name) => match c.menu.iter().find(|(_, n)| n.eq_ignore_ascii_case(name)) {
+            Some((v, _)) => *v,
+            None => {
+                let items: Vec<String> = c.menu.iter().map(|(v, n)| format!("{v} ({n:?})")).collect();
+                return Err(format!("control {} has no item {name:?}; it has: {}", c.key, items.join(", ")));
+            }
+        },
+    };
+    if v < c.min || v > c.max {
+        return Err(format!("control {} = {v} is out of range {}..={}", c.key, c.min, c.max));
+    }
+    if c.typ == "menu" && !c.menu.is_empty() && !c.menu.contains_key(&v) {
+        return Err(format!("control {} has no item {v}", c.key));
+    }
+    Ok(v)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::Config;
+    use std::path::Path;
+
+    fn ctl(key: &str, typ: &str, min: i64, max: i64, menu: &[(i64, &str)]) -> ControlInfo {
+        ControlInfo {
+            key: key.into(),
+            name: key.into(),
+            id: 1,
+            typ: typ.into(),
+            min,
+            max,
+            step: 1,
+            default: 0,
+            current: None,
+            menu: menu.iter().map(|(v, n)| (*v, n.to_string())).collect(),
+            read_only: false,
+            inactive: false,
+        }
+    }
+
+    #[test]
+    fn control_values_from_config() {
+        let plf = ctl("power_line_frequency", "menu", 0, 2, &[(0, "Disabled"), (1, "50 Hz"), (2, "60 Hz")]);
+        assert_eq!(control_value(&plf, &ControlValue::Menu("50 hz".into())), Ok(1));
+        assert_eq!(control_value(&plf, &ControlValue::Int(2)), Ok(2));
+        let e = control_value(&plf, &ControlValue::Menu("55 Hz".into())).unwrap_err();
+        assert!(e.contains("\"50 Hz\""), "{e}");
+        let b = ctl("brightness", "int", -64, 64, &[]);
+        assert_eq!(control_value(&b, &ControlValue::Int(10)), Ok(10));
+        assert!(control_value(&b, &ControlValue::Int(100)).unwrap_err().contains("out of range"));
+        let auto = ctl("white_balance_automatic", "bool", 0, 1, &[]);
+        assert_eq!(control_value(&auto, &ControlValue::Bool(true)), Ok(1));
+    }
+
+    #[test]
+    fn request_takes_width_height_fps_as_ideals() {
+        let c = Config::from_toml("[video]\nwidth = 640\nheight = 480\nfps = 25\n[video.constraints]\nheight = { exact = 360 }\n", Path::new("t")).unwrap();
+        let r = CameraRequest::from_config(&c.video);
+        assert_eq!(r.constraints.width, Some(NumConstraint::ideal(640.0)));
+        assert_eq!(r.constraints.height, Some(NumConstraint::exact(360.0)));
+        assert_eq!(r.constraints.frame_rate, Some(NumConstraint::ideal(25.0)));
+        assert_eq!(r.nominal(), (640, 360, 25));
+    }
+
+    #[test]
+    fn a_missing_camera_starts_offline_and_reports_why() {
+        let c = Config::from_toml("[video]\nsource = \"v4l2\"\ndevice = { exact = \"/dev/video-none\" }\n", Path::new("t")).unwrap();
+        let (mut cam, r) = V4l2Camera::new(CameraRequest::from_config(&c.video));
+        let e = r.unwrap_err();
+        assert!(e.contains("/dev/video-none") || e.contains("no V4L2 capture device"), "{e}");
+        assert!(!cam.is_open());
+        let mut f = VideoFrame::new(2, 2);
+        match cam.next_frame(&mut f) {
+            Err(CaptureError::Gone(m)) => assert!(!m.is_empty()),
+            other => panic!("expected Gone, got {other:?}"),
+        }
+        assert_eq!(cam.settings(), (1280, 720, 30));
+    }
+}
