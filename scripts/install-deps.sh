@@ -14,6 +14,9 @@ want=(
   python3-venv python3-pip              # aiortc interop tests
   alsa-utils                            # aplay/arecord for the ALSA file-plugin rig
   gnuplot-nox                           # benchmark plot
+  systemd                               # systemd-analyze verify/security for the unit tests
+  genimage mtools dosfstools busybox    # image layout test (the SD-card partition table)
+  qemu-user-static                      # run the aarch64 build under qemu (smoke test)
 )
 missing=()
 for p in "${want[@]}"; do

@@ -26,7 +26,7 @@ async function ensureToken() {
   if (logout) logout.hidden = !info.password_set;
 }
 
-const ICE_WAIT_MS = 300;        // host candidates arrive in a few ms; never make the viewer wait for STUN/TURN
+const ICE_WAIT_MS = 50;         // host candidates arrive in a few ms; the device learns the rest from our checks (prflx)
 const POST_TIMEOUT_MS = 10000;  // a half-dead device must not hang us forever
 const GRACE_MS = 3000;          // 'disconnected' often heals by itself (Wi-Fi blip); give ICE a moment
 const STALL_MS = 6000;          // ICE may look fine while the device's media pipeline is gone

@@ -21,6 +21,8 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 pub const RETRY: Duration = Duration::from_millis(500);
+/// A gap between reads longer than this (no viewer) restarts the capture stream.
+const IDLE_RESTART: Duration = Duration::from_millis(200);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MicRequest {
@@ -176,6 +178,9 @@ pub struct AlsaMic {
     silence_start: Instant,
     silence_frames: u64,
     chosen: Option<MicOpened>,
+    /// When `next_frame` last ran: after a pause (nobody listening) the stream is restarted
+    /// rather than read from an overrun buffer full of old sound.
+    last_call: Instant,
 }
 
 impl AlsaMic {
@@ -193,6 +198,7 @@ impl AlsaMic {
             silence_start: Instant::now(),
             silence_frames: 0,
             chosen: None,
+            last_call: Instant::now(),
         };
         let r = mic.try_open();
         (mic, r)
@@ -284,6 +290,18 @@ impl AudioSource for AlsaMic {
 
     fn next_frame(&mut self, frame: &mut AudioFrame) -> Result<(), CaptureError> {
         frame.samples.resize(AUDIO_FRAME_SAMPLES, 0);
+        let idle = self.last_call.elapsed() > IDLE_RESTART;
+        self.last_call = Instant::now();
+        if idle && let Some(o) = self.open.as_mut() {
+            // Nobody read for a while: the buffer overran and holds stale sound. Start afresh.
+            self.out.clear();
+            let restart = o.pcm.drop().and_then(|_| o.pcm.prepare()).and_then(|_| o.pcm.start());
+            if let Err(e) = restart {
+                let e = format!("{}: cannot restart: {e}", self.label);
+                log::warn!("{e}; delivering silence until it is back");
+                self.close(e);
+            }
+        }
         if self.open.is_none() && Instant::now() >= self.next_retry && self.try_open().is_ok() {
             log::info!("microphone {} is back", self.label);
         }

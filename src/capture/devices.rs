@@ -268,7 +268,19 @@ pub fn control_key(name: &str) -> String {
 fn enumerate_controls(dev: &v4l::Device) -> Vec<ControlInfo> {
     use v4l::control::{Flags, MenuItem, Type};
     let mut out = Vec::new();
-    for d in dev.query_controls().unwrap_or_default() {
+    // The v4l crate panics on control types it does not know (newer compound types): list
+    // none rather than take the process down.
+    let all = match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dev.query_controls())) {
+        Ok(r) => r.unwrap_or_default(),
+        Err(_) => {
+            log::warn!("cannot list the controls of this camera (unknown control type)");
+            Vec::new()
+        }
+    };
+    for d in all {
+        if d.flags.contains(Flags::DISABLED) {
+            continue;
+        }
         let typ = match d.typ {
             Type::Integer => "int",
             Type::Boolean => "bool",
@@ -280,10 +292,10 @@ fn enumerate_controls(dev: &v4l::Device) -> Vec<ControlInfo> {
             Type::String => "string",
             _ => continue, // control classes and compound types
         };
-        let current = if d.flags.contains(Flags::WRITE_ONLY) || d.typ == Type::Button {
+        let current = if d.flags.contains(Flags::WRITE_ONLY) || !matches!(d.typ, Type::Integer | Type::Boolean | Type::Menu | Type::IntegerMenu | Type::Integer64) {
             None
         } else {
-            match dev.control(d.id) {
+            match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| dev.control(d.id))).unwrap_or_else(|_| Err(std::io::Error::other("panic"))) {
                 Ok(c) => match c.value {
                     v4l::control::Value::Integer(v) => Some(v),
                     v4l::control::Value::Boolean(b) => Some(b as i64),

@@ -28,6 +28,8 @@ pub const RETRY: Duration = Duration::from_millis(500);
 /// A dequeue that waits longer than this counts as a stalled camera (closed and reopened).
 const DEQUEUE_TIMEOUT: Duration = Duration::from_secs(2);
 const BUFFERS: u32 = 4;
+/// A gap between dequeues longer than this (no viewer) restarts the stream.
+const IDLE_RESTART: Duration = Duration::from_millis(500);
 
 /// What the config asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -67,6 +69,9 @@ struct Open {
     conv: Converter,
     timeouts: u32,
     bad_frames: u32,
+    /// When a frame was last dequeued: after a pause (nobody watching) the stream is
+    /// restarted so the first frames are fresh, not the ones the driver queued long ago.
+    last_dequeue: Instant,
 }
 
 pub struct V4l2Camera {
@@ -126,7 +131,7 @@ impl V4l2Camera {
             Ok((open, opened)) => {
                 let m = opened.mode;
                 self.size = (open.conv_size().0, open.conv_size().1, m.fps().round().max(1.0) as u32);
-                self.label = format!("v4l2 {} ({}) {}", opened.device.id, opened.device.card, m);
+                self.label = format!("v4l2 {} ({}) {}", opened.device.id, opened.device.card, m.fourcc);
                 self.mode = Some(m);
                 self.open = Some(open);
                 self.last_error.clear();
@@ -177,8 +182,16 @@ impl VideoSource for V4l2Camera {
                 return Err(CaptureError::Gone(self.offline_message()));
             }
         }
+        if let Some(open) = self.open.as_mut() {
+            if open.last_dequeue.elapsed() > IDLE_RESTART {
+                // STREAMOFF drops the queued (stale) buffers; the next dequeue requeues and
+                // starts again. A failure here shows up on that dequeue.
+                let _ = v4l::io::traits::Stream::stop(&mut open.stream);
+            }
+        }
         loop {
             let open = self.open.as_mut().expect("opened above");
+            open.last_dequeue = Instant::now();
             let result = open.stream.next().map(|(buf, meta)| {
                 let used = (meta.bytesused as usize).min(buf.len());
                 let error = meta.flags.contains(v4l::buffer::Flags::ERROR) || used == 0;
@@ -299,7 +312,7 @@ fn open_device(req: &CameraRequest) -> Result<(Open, Opened), String> {
     })?;
     stream.set_timeout(DEQUEUE_TIMEOUT);
     Ok((
-        Open { stream, _dev: dev, conv, timeouts: 0, bad_frames: 0 },
+        Open { stream, _dev: dev, conv, timeouts: 0, bad_frames: 0, last_dequeue: Instant::now() },
         Opened { device: cam, mode: actual, warnings },
     ))
 }

@@ -28,6 +28,31 @@ pub enum ConfigError {
     Invalid { path: PathBuf, message: String },
 }
 
+/// "line N, column M, key `k`: message" — without quoting the line itself, which may hold a
+/// secret (a password pasted where its hash belongs must not end up in the journal).
+fn describe_toml_error(text: &str, e: &toml::de::Error) -> String {
+    let message = e.message().trim();
+    let Some(span) = e.span() else { return message.to_string() };
+    let start = span.start.min(text.len());
+    let before = &text[..start];
+    let line_no = before.matches('\n').count() + 1;
+    let line_start = before.rfind('\n').map(|i| i + 1).unwrap_or(0);
+    let column = text[line_start..start].chars().count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let section = before
+        .lines()
+        .rev()
+        .map(str::trim)
+        .find(|l| l.starts_with('['))
+        .map(|l| l.trim_matches(|c| c == '[' || c == ']').trim().to_string());
+    let key = line.split_once('=').map(|(k, _)| k.trim()).filter(|k| !k.is_empty() && !k.starts_with('['));
+    match (key, section) {
+        (Some(k), Some(sec)) => format!("line {line_no}, column {column}: {sec}.{k}: {message}"),
+        (Some(k), None) => format!("line {line_no}, column {column}: {k}: {message}"),
+        _ => format!("line {line_no}, column {column}: {message}"),
+    }
+}
+
 #[derive(Debug, Clone, Default, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct Config {
@@ -44,7 +69,7 @@ impl Config {
     pub fn from_toml(text: &str, origin: &Path) -> Result<Config, ConfigError> {
         toml::from_str(text).map_err(|e| ConfigError::Invalid {
             path: origin.to_owned(),
-            message: e.to_string(),
+            message: describe_toml_error(text, &e),
         })
     }
 
@@ -588,6 +613,16 @@ width = { min = 900, max = 600 }
 sample_rte = 48000
 ").unwrap_err();
         assert!(e.contains("sample_rte") && e.contains("line 2"), "{e}");
+    }
+
+    #[test]
+    fn errors_name_section_and_key_but_never_quote_the_value() {
+        let e = parse("[auth]\n\npassword_hash = \"hunter2secret\"\n").unwrap_err();
+        assert!(e.contains("auth.password_hash"), "{e}");
+        assert!(e.contains("line 3"), "{e}");
+        assert!(!e.contains("hunter2secret"), "the rejected value must not be echoed: {e}");
+        let e = parse("[video]\nwidth = 641\n").unwrap_err();
+        assert!(e.contains("video.width") && e.contains("must be even"), "{e}");
     }
 
     #[test]

@@ -149,44 +149,42 @@ impl Auth {
         self.minted.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&digest)
     }
 
-    /// Checks a password (slow by design: call from a blocking thread).
+    /// Checks a password (slow by design: call from a blocking thread). The attempt is counted
+    /// *before* the slow verification, so parallel guesses cannot slip past the backoff.
     pub fn login(&self, peer: IpAddr, password: &str) -> LoginResult {
         let Some(hash) = &self.password_hash else { return LoginResult::NoPasswordSet };
         let now = Instant::now();
-        if let Some(until) = self.failures_of(peer, |f| f.blocked_until) {
-            if until > now {
-                return LoginResult::TooMany(until - now);
+        {
+            let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(until) = failures.get(&peer).and_then(|f| f.blocked_until) {
+                if until > now {
+                    return LoginResult::TooMany(until - now);
+                }
+            }
+            if failures.len() >= MAX_TRACKED_CLIENTS && !failures.contains_key(&peer) {
+                failures.retain(|_, f| f.blocked_until.is_some_and(|u| u > now));
+            }
+            let f = failures.entry(peer).or_default();
+            f.count += 1;
+            if f.count >= self.free_attempts {
+                let exp = (f.count - self.free_attempts).min(16);
+                let wait = Duration::from_secs(1u64 << exp).min(MAX_BACKOFF);
+                f.blocked_until = Some(now + wait);
             }
         }
         let ok = PasswordHash::new(hash)
             .map(|h| Argon2::default().verify_password(password.as_bytes(), &h).is_ok())
             .unwrap_or(false);
-        let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
-        if ok {
-            failures.remove(&peer);
-            drop(failures);
-            let cookie = random_secret();
-            self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(
-                sha256(cookie.as_bytes()),
-                LoginSession { expires: now + self.session_ttl, tokens: Vec::new() },
-            );
-            return LoginResult::Ok(cookie);
+        if !ok {
+            return LoginResult::Wrong;
         }
-        if failures.len() >= MAX_TRACKED_CLIENTS && !failures.contains_key(&peer) {
-            failures.retain(|_, f| f.blocked_until.is_some_and(|u| u > now));
-        }
-        let f = failures.entry(peer).or_default();
-        f.count += 1;
-        if f.count >= self.free_attempts {
-            let exp = (f.count - self.free_attempts).min(16);
-            let wait = Duration::from_secs(1u64 << exp).min(MAX_BACKOFF);
-            f.blocked_until = Some(now + wait);
-        }
-        LoginResult::Wrong
-    }
-
-    fn failures_of<T>(&self, peer: IpAddr, f: impl FnOnce(&Failures) -> Option<T>) -> Option<T> {
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).get(&peer).and_then(f)
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer);
+        let cookie = random_secret();
+        self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(
+            sha256(cookie.as_bytes()),
+            LoginSession { expires: now + self.session_ttl, tokens: Vec::new() },
+        );
+        LoginResult::Ok(cookie)
     }
 
     /// Ends a login and every token minted for it.
@@ -292,9 +290,10 @@ mod tests {
     #[test]
     fn repeated_failures_back_off_per_client() {
         let a = with_password("pw");
-        for _ in 0..3 {
-            assert_eq!(a.login(lan(), "bad"), LoginResult::Wrong);
-        }
+        assert_eq!(a.login(lan(), "bad"), LoginResult::Wrong);
+        assert_eq!(a.login(lan(), "bad"), LoginResult::Wrong);
+        // The third failure starts the backoff at once (counted before verifying).
+        assert_eq!(a.login(lan(), "bad"), LoginResult::Wrong);
         assert!(matches!(a.login(lan(), "pw"), LoginResult::TooMany(_)), "even the right password waits");
         let other: IpAddr = "192.168.1.21".parse().unwrap();
         assert!(matches!(a.login(other, "pw"), LoginResult::Ok(_)), "other clients are not affected");

@@ -131,7 +131,12 @@ struct LoginForm {
 
 async fn login(State(app): State<AppState>, ConnectInfo(peer): ConnectInfo<SocketAddr>, Form(form): Form<LoginForm>) -> Response {
     let auth = app.auth.clone();
-    // Argon2 takes tens of milliseconds of CPU and memory: keep it off the async workers.
+    // Argon2 takes tens of milliseconds of CPU and ~19 MiB per check: off the async workers, and
+    // at most two at once, so a burst of logins cannot exhaust a small board's memory.
+    static ARGON2_SLOTS: tokio::sync::Semaphore = tokio::sync::Semaphore::const_new(2);
+    let Ok(_slot) = ARGON2_SLOTS.acquire().await else {
+        return (StatusCode::SERVICE_UNAVAILABLE, "login is unavailable\n").into_response();
+    };
     let result = tokio::task::spawn_blocking(move || auth.login(peer.ip(), &form.password)).await;
     match result {
         Ok(LoginResult::Ok(cookie)) => {

@@ -406,6 +406,29 @@ fn video_encode_loop(
     }
 }
 
+/// Audio timestamps must advance by exactly one frame (960 samples) per frame: the receiver's
+/// jitter buffer (NetEq) reads any wobble as timing error, conceals, and grows its delay — and
+/// lip-sync then holds video back too. Thread wake-up jitter is smoothed away; a real jump
+/// (after idle, or a device restart) re-anchors on the wall clock.
+#[derive(Default)]
+struct AudioClock {
+    next_us: Option<u64>,
+}
+
+impl AudioClock {
+    const FRAME_US: u64 = 20_000;
+    const REANCHOR_US: u64 = 100_000;
+
+    fn stamp(&mut self, measured_us: u64) -> u64 {
+        let stamped = match self.next_us {
+            Some(next) if measured_us.abs_diff(next) < Self::REANCHOR_US => next,
+            _ => measured_us,
+        };
+        self.next_us = Some(stamped + Self::FRAME_US);
+        stamped
+    }
+}
+
 fn audio_loop(mut source: Box<dyn AudioSource>, bitrate_bps: u32, hub: &Hub, stop: &AtomicBool) {
     // Opus on 20 ms of mono costs well under a millisecond: it shares the capture thread rather
     // than adding a queue between the two.
@@ -418,11 +441,16 @@ fn audio_loop(mut source: Box<dyn AudioSource>, bitrate_bps: u32, hub: &Hub, sto
     };
     let mut frame = AudioFrame { samples: vec![0; AUDIO_FRAME_SAMPLES], capture_unix_us: 0 };
     let mut failing = false;
+    let mut clock = AudioClock::default();
     while !stop.load(Ordering::Relaxed) {
         if !hub.demand.wait_for_viewers(IDLE_POLL) {
             continue;
         }
-        match source.next_frame(&mut frame).map_err(|e| e.to_string()).and_then(|()| encoder.encode(&frame)) {
+        let captured = source.next_frame(&mut frame).map_err(|e| e.to_string());
+        if captured.is_ok() {
+            frame.capture_unix_us = clock.stamp(frame.capture_unix_us);
+        }
+        match captured.and_then(|()| encoder.encode(&frame)) {
             Ok(unit) => {
                 failing = false;
                 hub.audio.publish(unit);
@@ -435,5 +463,22 @@ fn audio_loop(mut source: Box<dyn AudioSource>, bitrate_bps: u32, hub: &Hub, sto
                 std::thread::sleep(Duration::from_millis(20));
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn audio_clock_advances_exactly_one_frame_despite_jitter() {
+        let mut c = AudioClock::default();
+        let t0 = 1_764_000_000_000_000u64;
+        let measured = [t0, t0 + 21_300, t0 + 39_100, t0 + 61_000, t0 + 80_200];
+        let stamped: Vec<u64> = measured.iter().map(|&m| c.stamp(m)).collect();
+        assert_eq!(stamped, vec![t0, t0 + 20_000, t0 + 40_000, t0 + 60_000, t0 + 80_000]);
+        // After a pause (no viewers) the clock re-anchors on the wall clock.
+        assert_eq!(c.stamp(t0 + 5_000_000), t0 + 5_000_000);
+        assert_eq!(c.stamp(t0 + 5_019_000), t0 + 5_020_000);
     }
 }

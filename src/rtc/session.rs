@@ -260,7 +260,12 @@ async fn send_loop(
             let packet = rtp::packet::Packet {
                 header: rtp::header::Header {
                     version: 2,
-                    marker: i == last,
+                    // Video: last packet of a frame. Audio: start of a talkspurt only — we send
+                    // continuously, so just the first packet.
+                    marker: match kind {
+                        MediaKind::Video => i == last,
+                        MediaKind::Audio => !delivered_any && i == 0,
+                    },
                     sequence_number: seq,
                     timestamp,
                     ..Default::default()

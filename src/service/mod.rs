@@ -109,7 +109,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     log::info!("listening on {shown}");
     eprintln!("peercam: open {shown} in a browser");
     // Sockets are bound and the pipeline threads run: tell systemd (Type=notify).
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Ready]);
+    notify("READY=1");
     let watchdog = tokio::spawn(watchdog(pipeline.clone()));
 
     tokio::select! {
@@ -124,13 +124,34 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     log::info!("shutting down");
-    let _ = sd_notify::notify(&[sd_notify::NotifyState::Stopping]);
+    notify("STOPPING=1");
     watchdog.abort();
     handle.graceful_shutdown(Some(Duration::from_millis(300)));
     // Bounded: a stuck peer must not keep the service from exiting.
     let _ = tokio::time::timeout(Duration::from_millis(1000), sessions.close_all()).await;
     pipeline.shutdown();
     Ok(())
+}
+
+/// sd_notify(3): one datagram to `$NOTIFY_SOCKET`, a path or (leading `@`) an abstract socket
+/// name, as systemd, nspawn and containers use. Silently nothing when not started by systemd.
+fn notify(state: &str) {
+    use std::os::unix::ffi::OsStrExt;
+    use std::os::unix::net::UnixDatagram;
+    let Some(target) = std::env::var_os("NOTIFY_SOCKET") else { return };
+    let result = UnixDatagram::unbound().and_then(|sock| {
+        let bytes = target.as_bytes();
+        if let Some(name) = bytes.strip_prefix(b"@") {
+            use std::os::linux::net::SocketAddrExt;
+            let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+            sock.send_to_addr(state.as_bytes(), &addr)
+        } else {
+            sock.send_to(state.as_bytes(), std::path::Path::new(&target))
+        }
+    });
+    if let Err(e) = result {
+        log::debug!("sd_notify {state}: {e}");
+    }
 }
 
 fn bind(addr: SocketAddr, key: &str) -> anyhow::Result<std::net::TcpListener> {
@@ -165,7 +186,7 @@ async fn watchdog(pipeline: Arc<Pipeline>) {
         match pipeline.health() {
             Ok(()) => {
                 warned = false;
-                let _ = sd_notify::notify(&[sd_notify::NotifyState::Watchdog]);
+                notify("WATCHDOG=1");
             }
             Err(why) => {
                 if !warned {
