@@ -120,7 +120,12 @@ build_one() {
     install_deps "$key"
     [ "$DEPS_ONLY" = 1 ] && return 0
     eval "$(target_env "$key")"
-    log "cargo build --release --locked --target $rt ${CARGO_EXTRA[*]:-}"
+    # The binary that ships: whole-program LTO for size (the SD-card mark is 12 MB for aarch64).
+    # Host builds for the tests keep the faster default; override with PEERCAM_DIST_LTO=off.
+    if [ "${PEERCAM_DIST_LTO:-fat}" != off ]; then
+        export CARGO_PROFILE_RELEASE_LTO="${PEERCAM_DIST_LTO:-fat}" CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1
+    fi
+    log "cargo build --release --locked --target $rt ${CARGO_EXTRA[*]:-} (LTO ${CARGO_PROFILE_RELEASE_LTO:-off})"
     local t0=$SECONDS
     (cd "$ROOT" && "$CARGO" build --release --locked --target "$rt" "${CARGO_EXTRA[@]}")
     log "build took $((SECONDS - t0)) s"

@@ -41,12 +41,15 @@ PEERCAM_DEPENDENCIES = \
 # opt-level 3 (cargo's release default) overrides the cargo infrastructure's
 # BR2_OPTIMIZE_* mapping (usually 2): the encoder paths are benchmarked at 3,
 # and the cc/cmake crates pass it on to the openh264 and libopus C builds.
+# Fat LTO, one codegen unit: the same size-optimized build as scripts/cross-build.sh.
 PEERCAM_CARGO_ENV = \
 	PKG_CONFIG_ALLOW_CROSS=1 \
 	LIBCLANG_PATH=$(HOST_DIR)/lib \
 	BINDGEN_EXTRA_CLANG_ARGS="--sysroot=$(STAGING_DIR)" \
 	CMAKE=$(BR2_CMAKE) \
-	CARGO_PROFILE_RELEASE_OPT_LEVEL=3
+	CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
+	CARGO_PROFILE_RELEASE_LTO=fat \
+	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1
 
 # Development builds from a working tree (PEERCAM_OVERRIDE_SRCDIR in local.mk):
 # the rsync'ed tree has no VENDOR/, so fetch the crates into Buildroot's cargo
