@@ -9,6 +9,7 @@ stages=(
   "unit+integration:cargo test --release --locked"
   "browser e2e:tests/e2e/run.sh"
   "aiortc interop:tests/interop/run.sh"
+  "service (auth, HTTPS, systemd notify, shutdown):tests/service/run.sh"
 )
 [ -x tests/image/run.sh ] && stages+=("image (systemd, buildroot, first boot, aarch64):tests/image/run.sh")
 [ -x tests/alsa/run.sh ] && stages+=("alsa file plugin:tests/alsa/run.sh")

@@ -23,8 +23,8 @@ PEERCAM_SOURCE = peercam-$(PEERCAM_VERSION).tar.gz
 PEERCAM_SITE = file://$(BR2_EXTERNAL_PEERCAM_PATH)/../dist
 PEERCAM_SITE_METHOD = file
 # No license field in Cargo.toml yet: set both together.
-PEERCAM_LICENSE = Unknown
-PEERCAM_LICENSE_FILES =
+PEERCAM_LICENSE = MIT OR Apache-2.0
+PEERCAM_LICENSE_FILES = LICENSE-MIT LICENSE-APACHE
 
 # alsa-lib: alsa-sys links libasound (found with pkg-config).
 # host-clang: the v4l crate's v4l2-sys-mit runs bindgen, which loads libclang
