@@ -47,7 +47,7 @@ OVERRIDDEN = {
     "BR2_PACKAGE_RPI_FIRMWARE_CMDLINE_FILE", "BR2_SYSTEM_DHCP", "BR2_TARGET_ROOTFS_EXT2_SIZE",
     "BR2_GLOBAL_PATCH_DIR",
 }
-# Rust of the Buildroot release docs/image.md recommends (2026.05.x: rust-bin 1.96.1; the 2026.02.x
+# Rust of the Buildroot release README.md ("The SD-card image") recommends (2026.05.x: rust-bin 1.96.1; the 2026.02.x
 # LTS has 1.88.0); used for the MSRV check when no --buildroot is given.
 DEFAULT_BUILDROOT_RUST = "1.96.1"
 
