@@ -103,6 +103,9 @@ pub struct HttpConfig {
     pub tls_key: PathBuf,
     /// Optional plain-HTTP address (e.g. `0.0.0.0:80`) that only redirects to HTTPS.
     pub redirect_listen: Option<SocketAddr>,
+    /// Seconds a client may take to send a request's headers (slow clients cannot hold
+    /// connections open forever).
+    pub header_timeout_s: Ranged<1, 300>,
     /// Where the device keeps its state (generated certificate). Empty: `$STATE_DIRECTORY`
     /// (set by systemd) or `./peercam-state`.
     pub state_dir: PathBuf,
@@ -117,6 +120,7 @@ impl Default for HttpConfig {
             tls_cert: PathBuf::new(),
             tls_key: PathBuf::new(),
             redirect_listen: None,
+            header_timeout_s: Ranged(10),
             state_dir: PathBuf::new(),
         }
     }
@@ -638,5 +642,41 @@ sample_rte = 48000
         let c = Config::default();
         let again = parse(&c.to_toml()).unwrap();
         assert_eq!(c, again);
+    }
+}
+
+/// The README's configuration section is the one place every key is documented: it must parse,
+/// and (uncommented) hold exactly the defaults.
+#[cfg(test)]
+mod readme {
+    use super::*;
+
+    fn readme_block() -> String {
+        let readme = include_str!("../../README.md");
+        let section = &readme[readme.find("## Configuration").expect("README has a Configuration section")..];
+        let start = section.find("```toml").expect("a toml block") + "```toml".len();
+        let end = section[start..].find("```").expect("closed block") + start;
+        section[start..end].to_string()
+    }
+
+    #[test]
+    fn readme_configuration_is_valid_and_is_the_defaults() {
+        let parsed = Config::from_toml(&readme_block(), Path::new("README.md")).unwrap_or_else(|e| panic!("{e}"));
+        assert_eq!(parsed, Config::default(), "README's values differ from the code's defaults");
+    }
+
+    #[test]
+    fn readme_mentions_every_key() {
+        let block = readme_block();
+        let defaults: toml::Table = toml::from_str(&Config::default().to_toml()).unwrap();
+        for (section, table) in &defaults {
+            assert!(block.contains(&format!("[{section}]")), "README lacks [{section}]");
+            if let Some(t) = table.as_table() {
+                for key in t.keys() {
+                    assert!(block.contains(&format!("{key} =")) || block.contains(&format!("[{section}.{key}]")),
+                        "README's configuration does not document {section}.{key}");
+                }
+            }
+        }
     }
 }

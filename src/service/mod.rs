@@ -69,6 +69,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let local = listener.local_addr()?;
     let handle = axum_server::Handle::<SocketAddr>::new();
     let scheme = if config.http.tls { "https" } else { "http" };
+    let header_timeout = Duration::from_secs(config.http.header_timeout_s.get() as u64);
 
     let server = if config.http.tls {
         let files = tls::cert_files(&config.http.tls_cert, &config.http.tls_key, &config.http.state_dir())
@@ -76,10 +77,12 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         let tls_config = axum_server::tls_rustls::RustlsConfig::from_pem_file(&files.cert, &files.key)
             .await
             .map_err(|e| anyhow::anyhow!("cannot load the TLS certificate {}: {e}", files.cert.display()))?;
-        let server = axum_server::tls_rustls::from_tcp_rustls(listener, tls_config)?.handle(handle.clone());
+        let mut server = axum_server::tls_rustls::from_tcp_rustls(listener, tls_config)?.handle(handle.clone());
+        server.http_builder().http1().header_read_timeout(header_timeout);
         tokio::spawn(async move { server.serve(app).await })
     } else {
-        let server = axum_server::from_tcp(listener)?.handle(handle.clone());
+        let mut server = axum_server::from_tcp(listener)?.handle(handle.clone());
+        server.http_builder().http1().header_read_timeout(header_timeout);
         tokio::spawn(async move { server.serve(app).await })
     };
     if let Some(redirect) = config.http.redirect_listen {
