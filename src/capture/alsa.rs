@@ -21,8 +21,10 @@ use std::collections::VecDeque;
 use std::time::{Duration, Instant};
 
 pub const RETRY: Duration = Duration::from_millis(500);
-/// A gap between reads longer than this (no viewer) restarts the capture stream.
-const IDLE_RESTART: Duration = Duration::from_millis(200);
+/// The capture buffer. Big enough to ride out a busy CPU (reading promptly keeps the latency
+/// low whatever its size); a gap between reads longer than this means it overran (nobody was
+/// listening), and the stream is restarted instead of recovered.
+const BUFFER: Duration = Duration::from_millis(400);
 
 #[derive(Debug, Clone, PartialEq)]
 pub struct MicRequest {
@@ -290,7 +292,7 @@ impl AudioSource for AlsaMic {
 
     fn next_frame(&mut self, frame: &mut AudioFrame) -> Result<(), CaptureError> {
         frame.samples.resize(AUDIO_FRAME_SAMPLES, 0);
-        let idle = self.last_call.elapsed() > IDLE_RESTART;
+        let idle = self.last_call.elapsed() > BUFFER;
         self.last_call = Instant::now();
         if idle && let Some(o) = self.open.as_mut() {
             // Nobody read for a while: the buffer overran and holds stale sound. Start afresh.
@@ -414,11 +416,10 @@ fn open_exact(name: &str, rate: u32, channels: u32) -> Result<(OpenPcm, MicOpene
                 hw.get_rate_max().unwrap_or(0)
             )
         })?;
-        // 10 ms periods, a buffer of 8 of them: small enough for latency, big enough for a
-        // busy capture thread.
+        // 10 ms periods (wake-ups), a buffer of `BUFFER`.
         let want_period = (rate as i64 / 100).max(32);
         let _ = hw.set_period_size_near(want_period, ValueOr::Nearest);
-        let _ = hw.set_buffer_size_near(want_period * 8);
+        let _ = hw.set_buffer_size_near(rate as i64 * BUFFER.as_millis() as i64 / 1000);
         pcm.hw_params(&hw).map_err(|e| format!("{name}: hardware parameters refused: {e}"))?;
         let cur = pcm.hw_params_current().map_err(|e| format!("{name}: {e}"))?;
         period = cur.get_period_size().unwrap_or(want_period) as usize;

@@ -391,17 +391,31 @@ impl Serialize for ControlValue {
 pub struct FourCc(pub [u8; 4]);
 
 impl FourCc {
+    /// The code as text; a big-endian variant (bit 31 set, as V4L2 marks them) gets `-BE`,
+    /// like v4l2-ctl prints it.
     pub fn as_str(&self) -> String {
-        String::from_utf8_lossy(&self.0).trim_end().to_string()
+        let mut b = self.0;
+        let big_endian = b[3] & 0x80 != 0;
+        b[3] &= 0x7f;
+        let text: String = b.iter().map(|&c| if c.is_ascii_graphic() || c == b' ' { c as char } else { '?' }).collect();
+        let text = text.trim_end();
+        if big_endian { format!("{text}-BE") } else { text.to_string() }
     }
 
     pub fn parse(s: &str) -> Option<FourCc> {
+        let (s, big_endian) = match s.strip_suffix("-BE") {
+            Some(base) => (base, true),
+            None => (s, false),
+        };
         let b = s.as_bytes();
-        if b.is_empty() || b.len() > 4 {
+        if b.is_empty() || b.len() > 4 || !s.is_ascii() {
             return None;
         }
         let mut out = [b' '; 4];
         out[..b.len()].copy_from_slice(b);
+        if big_endian {
+            out[3] |= 0x80;
+        }
         Some(FourCc(out))
     }
 }
@@ -431,7 +445,7 @@ pub fn format_cost(fourcc: FourCc, allow_h264: bool) -> Option<u32> {
 }
 
 /// A frame interval in seconds, `num/den` (V4L2 `timeperframe`).
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub struct Fraction {
     pub num: u32,
     pub den: u32,
@@ -465,7 +479,7 @@ fn gcd(mut a: u32, mut b: u32) -> u32 {
 }
 
 /// Frame sizes a format offers.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum SizeRange {
     Discrete { width: u32, height: u32 },
@@ -473,7 +487,7 @@ pub enum SizeRange {
 }
 
 /// Frame intervals offered at one size.
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(tag = "type", rename_all = "lowercase")]
 pub enum IntervalRange {
     Discrete { intervals: Vec<Fraction> },
@@ -481,15 +495,17 @@ pub enum IntervalRange {
     Stepwise { min: Fraction, max: Fraction, step: Fraction },
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct SizeModes {
     pub size: SizeRange,
     pub intervals: IntervalRange,
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize)]
+/// One pixel format with its sizes and intervals; serializes as `peercam devices --json` shows
+/// it (and reads back, for fixtures).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct FormatModes {
-    #[serde(serialize_with = "ser_fourcc")]
+    #[serde(serialize_with = "ser_fourcc", deserialize_with = "de_fourcc")]
     pub fourcc: FourCc,
     pub description: String,
     pub sizes: Vec<SizeModes>,
@@ -497,6 +513,11 @@ pub struct FormatModes {
 
 fn ser_fourcc<S: Serializer>(f: &FourCc, s: S) -> Result<S::Ok, S::Error> {
     s.serialize_str(&f.as_str())
+}
+
+fn de_fourcc<'de, D: Deserializer<'de>>(d: D) -> Result<FourCc, D::Error> {
+    let s = String::deserialize(d)?;
+    FourCc::parse(&s).ok_or_else(|| de::Error::custom(format!("{s:?} is not a FourCC")))
 }
 
 /// One concrete camera setting: what `VIDIOC_S_FMT` + `VIDIOC_S_PARM` get.
@@ -1026,6 +1047,51 @@ mod tests {
 
     fn pick(d: &VideoDeviceModes, c: &VideoConstraints) -> VideoMode {
         resolve_video(std::slice::from_ref(d), None, c, false).unwrap().mode
+    }
+
+    /// vivid's complete mode list (83 formats) as `peercam devices --json` printed it inside the
+    /// rig-3 VM (Debian arm64 kernel 6.1).
+    fn vivid_from_the_vm() -> VideoDeviceModes {
+        let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/modes/vivid-6.1-devices.json");
+        let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
+        let cam = &doc["video"][0];
+        VideoDeviceModes {
+            names: vec![cam["path"].as_str().unwrap().into(), cam["card"].as_str().unwrap().into()],
+            formats: serde_json::from_value(cam["formats"].clone()).unwrap(),
+        }
+    }
+
+    #[test]
+    fn real_vivid_listing_from_the_vm() {
+        let d = vivid_from_the_vm();
+        assert_eq!(d.formats.len(), 83);
+        // Default config (ideal 1280x720 @ 30): 720p at its best 12.5 fps, as a straight copy.
+        let m = pick(&d, &vc(ideal(1280.0), ideal(720.0), ideal(30.0)));
+        assert_eq!((m.fourcc.as_str().as_str(), m.width, m.height, m.fps()), ("YU12", 1280, 720, 12.5));
+        // The VM test's constraints.
+        for f in ["YUYV", "NV12"] {
+            let c = VideoConstraints {
+                format: Some(StrConstraint::exact(f)),
+                ..vc(Some(NumConstraint::exact(640.0)), Some(NumConstraint::exact(480.0)), ideal(10.0))
+            };
+            let r = resolve_video(std::slice::from_ref(&d), Some(&StrConstraint::exact("vivid")), &c, false).unwrap();
+            assert_eq!((r.mode.fourcc.as_str().as_str(), r.mode.width, r.mode.height, r.mode.fps()), (f, 640, 480, 10.0));
+        }
+        // vivid offers RGB formats, which peercam does not convert: asking for one names it.
+        let c = VideoConstraints { format: Some(StrConstraint::exact("RGB3")), ..Default::default() };
+        let e = resolve_video(&[d], None, &c, false).unwrap_err();
+        assert_eq!(e.constraint, "format");
+        assert!(e.offers.contains("YUYV") && !e.offers.contains("RGB3"), "{}", e.offers);
+    }
+
+    #[test]
+    fn fourcc_text_round_trips_including_big_endian_variants() {
+        for t in ["YUYV", "MJPG", "Y16", "Y16-BE", "RGB3"] {
+            assert_eq!(FourCc::parse(t).unwrap().as_str(), t);
+        }
+        assert_eq!(FourCc(*b"Y16 ").as_str(), "Y16");
+        assert_eq!(FourCc([b'Y', b'1', b'6', b' ' | 0x80]).as_str(), "Y16-BE");
+        assert_eq!(FourCc::parse("TOOLONG"), None);
     }
 
     #[test]

@@ -210,7 +210,7 @@ impl VideoSource for V4l2Camera {
                     // A broken MJPEG frame now and then is normal on USB; many in a row is not.
                     open.bad_frames += 1;
                     if open.bad_frames >= 30 {
-                        return Err(self.close(format!("{}: every frame is broken: {e}", self.label)));
+                        return Err(self.close(format!("every frame is broken: {e}")));
                     }
                     if open.bad_frames == 1 {
                         log::debug!("{}: dropped a frame: {e}", self.label);
@@ -221,12 +221,12 @@ impl VideoSource for V4l2Camera {
                 Err(e) if e.kind() == io::ErrorKind::TimedOut => {
                     open.timeouts += 1;
                     if open.timeouts >= 2 {
-                        return Err(self.close(format!("{}: no frame for {} s", self.label, 2 * DEQUEUE_TIMEOUT.as_secs())));
+                        return Err(self.close(format!("no frame for {} s", 2 * DEQUEUE_TIMEOUT.as_secs())));
                     }
-                    return Err(CaptureError::Failed(format!("{}: no frame within {:?}", self.label, DEQUEUE_TIMEOUT)));
+                    return Err(CaptureError::Failed(format!("no frame within {:?}", DEQUEUE_TIMEOUT)));
                 }
                 Err(e) => {
-                    return Err(self.close(format!("{} disappeared: {}", self.label, describe_io(&e))));
+                    return Err(self.close(format!("camera disappeared: {}", describe_io(&e))));
                 }
             }
         }
