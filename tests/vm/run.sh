@@ -1,0 +1,109 @@
+#!/usr/bin/env bash
+# Rig 3 (DESIGN.md): the cross-built aarch64 peercam on real kernel drivers — vivid (a V4L2
+# webcam) and snd-aloop (an ALSA loopback card) — in an emulated aarch64 VM (QEMU TCG), watched
+# from the host by aiortc over WHEP. What it checks: see tests/vm/vm_test.py.
+#
+#   tests/vm/run.sh            needs root (apt-get for qemu/debs on first use, unshare -n)
+#
+# Steps (everything cached under target/vm/, rebuilt when its inputs change):
+#   1. qemu-system-aarch64 (Debian qemu-system-arm) installed if missing;
+#   2. Debian's arm64 kernel, busybox-static and alsa-utils (.deb via `apt-get download`, with
+#      the arm64 architecture enabled), extracted with `dpkg -x`;
+#   3. the aarch64 peercam: $PEERCAM_AARCH64_BIN, else target/aarch64-unknown-linux-gnu/release/
+#      peercam, built by scripts/cross-build.sh aarch64 (nice -n 19) when missing or older than
+#      the sources;
+#   4. an initramfs (tests/vm/build_image.py): busybox, the modules, peercam + aplay + their
+#      libraries, /usr/share/alsa, tests/vm/guest-init.sh as /init;
+#   5. tests/vm/vm_test.py in a loopback-only network namespace: QEMU user-mode networking
+#      forwards 127.0.0.1:18080 (HTTP), 127.0.0.1:18189/udp (WebRTC) and 127.0.0.1:19000 (the
+#      VM's control shell); nothing else is reachable.
+# Env: VM_FPS (camera rate, default 10), VM_SECONDS (per stream, default 8).
+set -euo pipefail
+here=$(cd "$(dirname "$0")" && pwd)
+repo=$(cd "$here/../.." && pwd)
+work=${PEERCAM_VM_WORK:-$repo/target/vm}
+mkdir -p "$work/debs" "$here/artifacts"
+log() { printf '[vm] %s\n' "$*" >&2; }
+fail() { printf '[vm] error: %s\n' "$*" >&2; echo "vm: 0 passed, 1 failed"; exit 1; }
+
+[ "$(id -u)" = 0 ] || fail "needs root (apt-get, unshare -n)"
+
+check_host_dev_packages() {
+    # Multiarch installs once removed the host's libc6-dev (linux-libc-dev version skew between
+    # bookworm and bookworm-security): if that happened, put them back (host builds need them).
+    local a ok
+    a=$(dpkg --print-architecture)
+    ok=$(dpkg-query -W -f='${Status}\n' "libc6-dev:$a" "linux-libc-dev:$a" 2>/dev/null | grep -c "install ok installed" || true)
+    if [ "$ok" -lt 2 ]; then
+        log "libc6-dev / linux-libc-dev are not installed any more: reinstalling"
+        DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "libc6-dev:$a" "linux-libc-dev:$a" >&2
+    fi
+}
+
+apt_updated=0
+apt_update_once() { [ $apt_updated = 1 ] || { apt-get update -qq >&2 || log "apt-get update reported errors"; apt_updated=1; }; }
+
+# 1. QEMU
+if ! command -v qemu-system-aarch64 >/dev/null; then
+    log "installing qemu-system-arm"
+    apt_update_once
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --no-remove qemu-system-arm >&2 ||
+        fail "apt-get install qemu-system-arm failed"
+    check_host_dev_packages
+fi
+
+# 2. Debian arm64 packages
+if ! dpkg --print-foreign-architectures | grep -qx arm64; then
+    log "dpkg --add-architecture arm64"
+    dpkg --add-architecture arm64
+    apt_updated=0
+fi
+download() { # package:arm64 -> path of the .deb in $work/debs
+    local pkg=$1 f
+    f=$(ls "$work/debs/${pkg%%:*}"_*_arm64.deb 2>/dev/null | head -1 || true)
+    if [ -z "$f" ]; then
+        (cd "$work/debs" && apt-get download "$pkg" >&2) || { apt_update_once; (cd "$work/debs" && apt-get download "$pkg" >&2); } ||
+            fail "apt-get download $pkg failed"
+        f=$(ls "$work/debs/${pkg%%:*}"_*_arm64.deb | head -1)
+    fi
+    echo "$f"
+}
+kpkg=$(apt-cache depends linux-image-arm64:arm64 2>/dev/null | sed -n 's/.*Depends: \(linux-image-[0-9][^:]*\).*/\1/p' | head -1)
+if [ -z "$kpkg" ]; then apt_update_once; kpkg=$(apt-cache depends linux-image-arm64:arm64 | sed -n 's/.*Depends: \(linux-image-[0-9][^:]*\).*/\1/p' | head -1); fi
+[ -n "$kpkg" ] || fail "cannot find Debian's arm64 kernel package (linux-image-arm64:arm64)"
+kdeb=$(download "$kpkg:arm64")
+bbdeb=$(download busybox-static:arm64)
+audeb=$(download alsa-utils:arm64)
+for d in "$kdeb" "$bbdeb" "$audeb"; do
+    x="$work/x/$(basename "$d" .deb)"
+    [ -d "$x" ] || { mkdir -p "$x.tmp" && dpkg -x "$d" "$x.tmp" && mv "$x.tmp" "$x"; }
+done
+kroot="$work/x/$(basename "$kdeb" .deb)"
+kernel=$(ls "$kroot"/boot/vmlinuz-* | head -1)
+busybox="$work/x/$(basename "$bbdeb" .deb)/bin/busybox"
+aplay="$work/x/$(basename "$audeb" .deb)/usr/bin/aplay"
+
+# 3. the aarch64 binary
+bin=${PEERCAM_AARCH64_BIN:-$repo/target/aarch64-unknown-linux-gnu/release/peercam}
+if [ -z "${PEERCAM_AARCH64_BIN:-}" ]; then
+    newer=$(find "$repo/src" "$repo/Cargo.toml" "$repo/Cargo.lock" -newer "$bin" -print -quit 2>/dev/null || echo missing)
+    if [ ! -x "$bin" ] || [ -n "$newer" ]; then
+        log "cross-building peercam for aarch64 (scripts/cross-build.sh aarch64)"
+        nice -n 19 "$repo/scripts/cross-build.sh" aarch64 >&2 || fail "cross build failed"
+        check_host_dev_packages
+    fi
+fi
+[ -x "$bin" ] || fail "no aarch64 binary at $bin"
+
+# 4. the initramfs
+initrd="$work/initrd.gz"
+if [ ! -f "$initrd" ] || [ -n "$(find "$bin" "$here/guest-init.sh" "$here/build_image.py" -newer "$initrd" -print -quit)" ]; then
+    log "building $initrd"
+    python3 "$here/build_image.py" --kernel-root "$kroot" --busybox "$busybox" --aplay "$aplay" --peercam "$bin" --out "$initrd"
+fi
+
+# 5. the test, with aiortc from the interop venv
+"$repo/tests/interop/setup.sh" >&2 || fail "tests/interop/setup.sh failed"
+py="$repo/tests/interop/.venv/bin/python"
+export VM_KERNEL="$kernel" VM_INITRD="$initrd"
+exec unshare -n sh -c 'ip link set lo up && exec "$0" "$1"' "$py" "$here/vm_test.py"
