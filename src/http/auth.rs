@@ -21,6 +21,8 @@ use subtle::ConstantTimeEq;
 
 pub const COOKIE: &str = "peercam_session";
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
+/// Bearer tokens alive per login (the oldest is retired first).
+const MAX_TOKENS_PER_LOGIN: usize = 32;
 /// Remembered failing addresses; a flood of addresses cannot grow this without bound.
 const MAX_TRACKED_CLIENTS: usize = 4096;
 
@@ -206,8 +208,14 @@ impl Auth {
         let session = sessions.get_mut(&key)?;
         let token = random_secret();
         let digest = sha256(token.as_bytes());
+        let mut minted = self.minted.lock().unwrap_or_else(|e| e.into_inner());
+        // Every page load mints one; a login kept for weeks must not collect them forever.
+        if session.tokens.len() >= MAX_TOKENS_PER_LOGIN {
+            let oldest = session.tokens.remove(0);
+            minted.remove(&oldest);
+        }
         session.tokens.push(digest);
-        self.minted.lock().unwrap_or_else(|e| e.into_inner()).insert(digest, key);
+        minted.insert(digest, key);
         Some(token)
     }
 }
@@ -274,6 +282,20 @@ mod tests {
         assert_eq!(a.decide(lan(), Some(&cookie), None), Decision::NeedsLogin);
         assert_eq!(a.decide(lan(), None, Some(&token)), Decision::NeedsLogin, "token dies with its session");
         assert!(a.mint_token(&cookie).is_none());
+    }
+
+    #[test]
+    fn a_login_keeps_a_bounded_number_of_tokens() {
+        let a = with_password("pw");
+        let LoginResult::Ok(cookie) = a.login(lan(), "pw") else { panic!() };
+        let first = a.mint_token(&cookie).unwrap();
+        let mut last = String::new();
+        for _ in 0..MAX_TOKENS_PER_LOGIN {
+            last = a.mint_token(&cookie).unwrap();
+        }
+        assert!(!a.token_valid(&first), "the oldest token is retired");
+        assert!(a.token_valid(&last));
+        assert_eq!(a.minted.lock().unwrap().len(), MAX_TOKENS_PER_LOGIN);
     }
 
     #[test]
