@@ -34,4 +34,11 @@ if ! command -v node >/dev/null || [ "$(node -p 'process.versions.node.split("."
   exit 1
 fi
 command -v cargo >/dev/null || { echo "install-deps: cargo (rustup) is required" >&2; exit 1; }
+# The PeerJS client library the device serves at /vendor/peerjs.min.js (the device has no
+# internet): pinned in web-vendor/package*.json, embedded by build.rs. Never committed.
+if [ ! -f web-vendor/node_modules/peerjs/dist/peerjs.min.js ] ||
+   [ web-vendor/package-lock.json -nt web-vendor/node_modules/.package-lock.json ]; then
+  echo "install-deps: npm ci in web-vendor (the PeerJS client library)"
+  (cd web-vendor && npm ci --no-audit --no-fund --loglevel=error)
+fi
 echo "install-deps: OK"

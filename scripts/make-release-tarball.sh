@@ -69,6 +69,22 @@ else
 fi
 SOURCE_DATE_EPOCH="${SOURCE_DATE_EPOCH:-$(stat -c %Y "$ROOT/Cargo.lock")}"
 for f in Cargo.toml Cargo.lock; do [ -f "$STAGE/$f" ] || cp "$ROOT/$f" "$STAGE/"; done
+# 1b. the PeerJS client library build.rs embeds: npm installs it and git ignores it, so copy the
+#     files build.rs reads (the bundle, each package's package.json and license) — Buildroot
+#     builds offline, without npm.
+PJ="web-vendor/node_modules"
+if [ ! -f "$ROOT/$PJ/peerjs/dist/peerjs.min.js" ]; then
+    command -v npm >/dev/null ||
+        { echo "the PeerJS client library is not installed (web-vendor) and there is no npm: run scripts/install-deps.sh" >&2; exit 1; }
+    log "installing the PeerJS client library: npm ci in web-vendor"
+    (cd "$ROOT/web-vendor" && npm ci --no-audit --no-fund --loglevel=error) >&2
+fi
+(cd "$ROOT" && cp --parents "$PJ/peerjs/dist/peerjs.min.js" "$STAGE/")
+for pkg in "$ROOT/$PJ"/*/ "$ROOT/$PJ"/@*/*/; do
+    [ -f "${pkg}package.json" ] || continue
+    rel="${pkg#"$ROOT/"}"
+    (cd "$ROOT" && for f in "$rel"package.json "$rel"LICENSE*; do if [ -f "$f" ]; then cp --parents "$f" "$STAGE/"; fi; done)
+done
 log "sources: $(find "$STAGE" -type f | wc -l) files"
 
 # 2. vendored crates (the same command Buildroot's cargo-post-process runs)

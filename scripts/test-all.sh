@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 stages=(
   "unit+integration:cargo test --release --locked"
   "browser e2e:tests/e2e/run.sh"
+  "peerjs signaling (PeerServer + PeerJS client in Chromium):tests/peerjs/run.sh"
   "aiortc interop:tests/interop/run.sh"
   "service (auth, HTTPS, systemd notify, shutdown):tests/service/run.sh"
 )

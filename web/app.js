@@ -1,5 +1,6 @@
-// peercam viewer: a plain WHEP (RFC 9725) client. No framework and no build step, because the page is
-// embedded in the device's binary and must load instantly from a small ARM board.
+// peercam viewer: a plain WHEP (RFC 9725) client plus the `control` data channel (src/rtc/CONTROL.md):
+// talk-back, live settings, privacy, chat. No framework and no build step, because the page is embedded
+// in the device's binary and must load instantly from a small ARM board.
 'use strict';
 
 const $ = (id) => document.getElementById(id);
@@ -41,6 +42,22 @@ const peercam = window.peercam = {
   attempts: 0,               // WHEP POSTs tried
   session: null,             // WHEP session URL (the Location header)
   timing: {},                // ms since the attempt started: answered, connected, firstFrame
+  // The control channel (see "control channel" below).
+  channel: null,             // the current RTCDataChannel 'control'
+  control: 'closed',         // its state: closed | connecting | open
+  viewerId: null,            // our public handle on the device (v1, v2, …), from 'hello'
+  viewers: null,             // how many watch, from hello / viewer_joined / viewer_left
+  talker: null,              // who holds the speaker (viewer id) or null
+  talkerName: null,
+  talking: false,            // our microphone goes to the device's speaker
+  talkError: null,           // last talk message shown (permission denied, busy, …)
+  talkback: null,            // whether the camera has a speaker (from 'hello')
+  micLevel: 0,               // 0..1, the meter's value while talking
+  settings: null,            // the device's actual settings (get_settings / settings_changed)
+  tracks: { video: true, audio: true },   // privacy: enabled for everyone?
+  camera: 'online',          // camera event: online | offline
+  events: [],                // the last 100 events, each with `received` (Date.now())
+  request: (msg, timeoutMs) => request(msg, timeoutMs),   // control request → promise of the reply
 };
 
 let generation = 0;   // bumped per attempt: events from an older peer connection are ignored
@@ -66,7 +83,9 @@ async function connect() {
 
   const pc = peercam.pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
   pc.addTransceiver('video', { direction: 'recvonly' });
-  pc.addTransceiver('audio', { direction: 'recvonly' });
+  // sendrecv from the start, with no track: talking is a replaceTrack(), never a renegotiation.
+  audioSender = pc.addTransceiver('audio', { direction: 'sendrecv' }).sender;
+  openControl(pc, gen);
 
   // One stream for both tracks, whatever stream ids the device puts in its answer.
   const stream = new MediaStream();
@@ -197,6 +216,7 @@ function deleteSession(url) {
 function teardown() {
   clearTimeout(graceTimer);
   clearInterval(stallTimer);
+  closeControl();
   const pc = peercam.pc;
   if (pc) {
     pc.ontrack = pc.onconnectionstatechange = null;
@@ -279,12 +299,16 @@ unmuteBtn.addEventListener('click', (e) => { e.stopPropagation(); unmute(); });
 // "Tap to unmute" means anywhere, not only on the button.
 video.addEventListener('click', () => { if (!unmuteBtn.hidden) unmute(); });
 video.addEventListener('dblclick', toggleFullscreen);
+const typing = (e) => /^(INPUT|SELECT|TEXTAREA)$/.test(e.target.tagName);
 document.addEventListener('keydown', (e) => {
-  if (e.ctrlKey || e.metaKey || e.altKey) return;
-  if (e.key === 'f') toggleFullscreen();
+  if (e.ctrlKey || e.metaKey || e.altKey || typing(e)) return;
+  if (e.key === 't' && !e.repeat) talkPress();   // hold T to talk
+  else if (e.key === 'f') toggleFullscreen();
   else if (e.key === 's') toggleStats();
   else if (e.key === 'm') { if (video.muted) unmute(); else video.muted = true; }
 });
+
+document.addEventListener('keyup', (e) => { if (e.key === 't' && !typing(e)) talkRelease(); });
 
 // Controls fade out while the mouse rests, so the picture is unobstructed.
 let idleTimer = 0;
@@ -295,6 +319,415 @@ function wake() {
 }
 for (const ev of ['mousemove', 'touchstart', 'keydown']) document.addEventListener(ev, wake, { passive: true });
 wake();
+
+// ---- control channel (src/rtc/CONTROL.md) ---------------------------------------------------
+
+const MAX_EVENTS = 100;
+const REQUEST_TIMEOUT_MS = 5000;
+let audioSender = null;          // the sendrecv audio transceiver's sender of the current connection
+let nextRequestId = 1;
+const pending = new Map();       // request id → { resolve, reject, timer }
+
+// Created before the offer, so the device answers an m=application line: reliable and ordered.
+function openControl(pc, gen) {
+  const ch = peercam.channel = pc.createDataChannel('control', { ordered: true });
+  peercam.control = 'connecting';
+  ch.onopen = () => { if (gen === generation) peercam.control = 'open'; updateTalkUi(); };
+  ch.onclose = () => { if (peercam.channel === ch) closeControl(); };
+  ch.onmessage = (e) => { if (gen === generation) onControlMessage(e.data); };
+}
+
+// The connection ended: replies will never come, and the device has already given our speaker back.
+function closeControl() {
+  const ch = peercam.channel;
+  if (ch) { ch.onopen = ch.onclose = ch.onmessage = null; ch.close(); }
+  peercam.channel = null;
+  peercam.control = 'closed';
+  for (const [id, p] of pending) { clearTimeout(p.timer); p.reject(new Error('Connection to the camera lost')); pending.delete(id); }
+  if (peercam.talking || wantTalk) talkStopped();
+  setTalker(null);
+}
+
+// Sends `{v: 1, id, ...msg}`; resolves with the device's reply object ({ok, result} or {ok: false, error}).
+function request(msg, timeoutMs = REQUEST_TIMEOUT_MS) {
+  const ch = peercam.channel;
+  if (!ch || ch.readyState !== 'open') return Promise.reject(new Error('Not connected to the camera yet'));
+  const id = nextRequestId++;
+  return new Promise((resolve, reject) => {
+    const timer = setTimeout(() => { pending.delete(id); reject(new Error('The camera did not answer')); }, timeoutMs);
+    pending.set(id, { resolve, reject, timer });
+    ch.send(JSON.stringify({ v: 1, id, ...msg }));
+  });
+}
+
+// A failed reply as a sentence for people.
+function errorText(error) {
+  if (!error) return 'Failed';
+  return error.message || `${error.code}${error.constraint ? ` (${error.constraint})` : ''}${error.field ? ` (${error.field})` : ''}`;
+}
+
+function onControlMessage(data) {
+  let m;
+  try { m = JSON.parse(data); } catch { return; }
+  if (!m || typeof m !== 'object') return;
+  if (m.type === 'reply') {
+    const p = pending.get(m.id);
+    if (p) { pending.delete(m.id); clearTimeout(p.timer); p.resolve(m); }
+    return;
+  }
+  if (m.type !== 'event') return;
+  peercam.events.push({ ...m, received: Date.now() });
+  if (peercam.events.length > MAX_EVENTS) peercam.events.shift();
+  switch (m.event) {
+    case 'hello':
+      peercam.viewerId = m.viewer;
+      if (typeof m.talkback === 'boolean') peercam.talkback = m.talkback;
+      setViewers(m.viewers);
+      setTalker(m.talker, m.name);
+      if (m.settings) showSettings(m.settings);
+      if (m.camera) setCamera(m.camera);
+      if (chatName.value.trim()) request({ type: 'set_name', name: chatName.value.trim() }).catch(() => {});
+      break;
+    case 'viewer_joined': case 'viewer_left': setViewers(m.viewers); break;
+    case 'talker_changed': setTalker(m.talker, m.name); break;
+    case 'track_enabled': setTrackEnabled(m.kind, m.enabled, m.by); break;
+    case 'settings_changed': showSettings(m.settings); break;
+    case 'camera': setCamera(m.state); break;
+    case 'chat': addChat(m); break;
+    default: break;
+  }
+}
+
+// ---- presence and banner ---------------------------------------------------------------------
+
+const viewersEl = $('viewers'), banner = $('banner');
+let pausedBy = { video: null, audio: null };
+
+function setViewers(n) {
+  peercam.viewers = typeof n === 'number' ? n : null;
+  viewersEl.hidden = peercam.viewers == null;
+  viewersEl.textContent = `· ${n} watching`;
+}
+
+function setCamera(state) { peercam.camera = state; updateBanner(); }
+
+function setTrackEnabled(kind, enabled, by) {
+  if (kind !== 'video' && kind !== 'audio') return;
+  peercam.tracks[kind] = !!enabled;
+  pausedBy[kind] = by ?? null;
+  privacy[kind].checked = !enabled;
+  updateBanner();
+}
+
+const who = (id, name) => (id === peercam.viewerId ? 'you' : id === 'api' ? 'a script' : name ? `${name}` : id || 'someone');
+
+function updateBanner() {
+  const lines = [];
+  if (peercam.camera === 'offline') lines.push('Camera offline — waiting for it to come back');
+  if (!peercam.tracks.video) lines.push(`Video paused for everyone${pausedBy.video ? ` by ${who(pausedBy.video)}` : ''}`);
+  if (!peercam.tracks.audio) lines.push(`Camera microphone muted for everyone${pausedBy.audio ? ` by ${who(pausedBy.audio)}` : ''}`);
+  banner.textContent = lines.join(' · ');
+  banner.hidden = !lines.length;
+}
+
+// ---- talk-back -------------------------------------------------------------------------------
+
+const talkBtn = $('btn-talk'), talkLabel = $('talk-label'), talkHint = $('talk-hint'), talkLevel = $('talk-level');
+const talkMsg = $('talk-msg');
+const TAP_MS = 250;              // a press shorter than this locks talking on; the next press ends it
+let micTrack = null, wantTalk = false, talkStarting = false, latched = false, pressed = false, pressStops = false, downAt = 0;
+let meterCtx = null, analyser = null, meterTimer = 0;
+
+// Why this browser cannot use a microphone here, or null.
+function micUnavailable() {
+  if (!window.isSecureContext || !navigator.mediaDevices?.getUserMedia) {
+    return 'Talking needs a secure connection: browsers only allow the microphone on HTTPS pages ' +
+      `(or http://localhost), and this page is ${location.protocol}//${location.host}. ` +
+      'Turn on HTTPS on the camera (in peercam.toml: [http] tls = true, then restart it) and open https://' +
+      `${location.hostname}${location.port ? `:${location.port}` : ''}/ instead.`;
+  }
+  return null;
+}
+
+async function getMic() {
+  if (micTrack && micTrack.readyState === 'live') return micTrack;
+  try {
+    const stream = await navigator.mediaDevices.getUserMedia({
+      audio: { echoCancellation: true, noiseSuppression: true, autoGainControl: true },
+    });
+    micTrack = peercam.micTrack = stream.getAudioTracks()[0];
+    return micTrack;
+  } catch (err) {
+    if (err.name === 'NotAllowedError' || err.name === 'SecurityError') {
+      throw new Error('Microphone permission denied. Allow the microphone for this site (the icon in the address bar), then try again.');
+    }
+    if (err.name === 'NotFoundError' || err.name === 'OverconstrainedError') {
+      throw new Error('No microphone found. Connect one (or turn it on in the system settings) to talk.');
+    }
+    if (err.name === 'NotReadableError') throw new Error('The microphone is busy or broken (another app may be using it).');
+    throw new Error(`Microphone unavailable: ${err.message || err.name}`);
+  }
+}
+
+function talkMessage(text, kind = 'error') {
+  peercam.talkError = kind === 'error' ? text : null;
+  talkMsg.textContent = text || '';
+  talkMsg.dataset.kind = kind;
+  talkMsg.hidden = !text;
+}
+
+async function talkStart() {
+  wantTalk = true;
+  if (peercam.talking || talkStarting) return;
+  talkStarting = true;
+  updateTalkUi();
+  try {
+    const why = micUnavailable();
+    if (why) throw new Error(why);
+    const track = await getMic();
+    if (!wantTalk) return;
+    const reply = await request({ type: 'talk', action: 'request' });
+    if (!reply.ok) {
+      const e = reply.error || {};
+      if (e.code === 'busy' && e.talker) setTalker(e.talker);
+      throw new Error(e.code === 'busy' ? `${who(peercam.talker, peercam.talkerName)} is talking — wait until they finish.`
+        : e.code === 'unavailable' ? `The camera cannot play sound: ${e.message || 'no speaker configured'}.`
+        : errorText(e));
+    }
+    peercam.talking = true;
+    track.enabled = true;
+    await audioSender.replaceTrack(track);
+    talkMessage(null);
+    startMeter(track);
+  } catch (err) {
+    wantTalk = latched = false;
+    talkMessage(err.message || String(err));
+  } finally {
+    talkStarting = false;
+    if (!wantTalk && peercam.talking) talkStop();   // released while we were starting
+    updateTalkUi();
+  }
+}
+
+// Stop sending and give the speaker back.
+async function talkStop() {
+  wantTalk = latched = false;
+  if (!peercam.talking) { updateTalkUi(); return; }   // a start in progress sees wantTalk = false
+  const sender = audioSender;
+  talkStopped();
+  await sender?.replaceTrack(null).catch(() => {});
+  await request({ type: 'talk', action: 'release' }).catch(() => {});
+}
+
+// Local side of stopping (also when the device took the speaker away, or the connection ended).
+function talkStopped() {
+  wantTalk = latched = false;
+  peercam.talking = false;
+  if (micTrack) micTrack.enabled = false;
+  if (audioSender && peercam.pc) audioSender.replaceTrack(null).catch(() => {});
+  stopMeter();
+  updateTalkUi();
+}
+
+// A talker is "v3" (+ a separate name) or {viewer: "v3", name: "Mum"}; null when nobody talks.
+const talkerId = (t) => (t && typeof t === 'object' ? t.viewer ?? null : t ?? null);
+
+function setTalker(talker, name) {
+  const id = talkerId(talker);
+  peercam.talker = id;
+  peercam.talkerName = id ? (typeof talker === 'object' ? talker.name : name) ?? null : null;
+  name = peercam.talkerName;
+  if (peercam.talking && id !== peercam.viewerId && !talkStarting) talkStopped();   // the device ended our turn
+  if (id && id !== peercam.viewerId) talkMessage(`${who(id, name)} is talking`, 'info');
+  else if (talkMsg.dataset.kind === 'info') talkMessage(null);
+  updateTalkUi();
+}
+
+function updateTalkUi() {
+  const other = peercam.talker && peercam.talker !== peercam.viewerId;
+  const off = peercam.talkback === false;
+  const insecure = !!micUnavailable();   // stays pressable: a press explains what is missing
+  talkBtn.disabled = !insecure && (!!other || off || peercam.control !== 'open');
+  talkBtn.setAttribute('aria-pressed', String(peercam.talking));
+  talkBtn.classList.toggle('talking', peercam.talking);
+  document.body.classList.toggle('talking', peercam.talking);
+  talkLabel.textContent = peercam.talking ? 'Talking…' : talkStarting ? 'Starting…' : other ? 'Someone is talking' : 'Hold to talk';
+  talkHint.textContent = peercam.talking ? (latched ? 'tap to stop' : 'release to stop')
+    : insecure ? 'needs HTTPS' : off ? 'no speaker on this camera' : 'tap to lock';
+}
+
+// Hold: talk while pressed. Tap (< 250 ms): stays on; the next press turns it off.
+function talkPress() {
+  if (pressed) return;
+  pressed = true;
+  downAt = performance.now();
+  pressStops = latched || (peercam.talking && !wantTalk);
+  if (pressStops) talkStop(); else talkStart();
+}
+function talkRelease() {
+  if (!pressed) return;
+  pressed = false;
+  if (pressStops) return;
+  if (performance.now() - downAt < TAP_MS && wantTalk) { latched = true; updateTalkUi(); } else talkStop();
+}
+function talkCancel() { if (!pressed) return; pressed = false; if (!latched && !pressStops) talkStop(); }
+
+talkBtn.addEventListener('pointerdown', (e) => {
+  if (e.button !== 0) return;
+  e.preventDefault();              // no text selection / focus dance on long presses
+  talkBtn.setPointerCapture?.(e.pointerId);
+  talkPress();
+});
+talkBtn.addEventListener('pointerup', talkRelease);
+talkBtn.addEventListener('pointercancel', talkCancel);
+talkBtn.addEventListener('lostpointercapture', talkCancel);
+talkBtn.addEventListener('contextmenu', (e) => e.preventDefault());   // long press on phones
+talkBtn.addEventListener('keydown', (e) => {
+  if ((e.key === ' ' || e.key === 'Enter') && !e.repeat) { e.preventDefault(); e.stopPropagation(); talkPress(); }
+});
+talkBtn.addEventListener('keyup', (e) => { if (e.key === ' ' || e.key === 'Enter') { e.preventDefault(); talkRelease(); } });
+talkBtn.addEventListener('blur', talkCancel);
+
+// Level meter: peak of the last ~20 ms, on a 60 dB scale.
+function startMeter(track) {
+  try {
+    if (!meterCtx) {
+      meterCtx = new AudioContext();
+      analyser = meterCtx.createAnalyser();
+      analyser.fftSize = 1024;
+      meterCtx.createMediaStreamSource(new MediaStream([track])).connect(analyser);
+    }
+    meterCtx.resume().catch(() => {});
+  } catch { return; }
+  const buf = new Float32Array(analyser.fftSize);
+  clearInterval(meterTimer);
+  meterTimer = setInterval(() => {
+    analyser.getFloatTimeDomainData(buf);
+    let peak = 0;
+    for (const x of buf) peak = Math.max(peak, Math.abs(x));
+    const level = peak > 0 ? Math.min(1, Math.max(0, (20 * Math.log10(peak) + 60) / 60)) : 0;
+    peercam.micLevel = Math.max(level, peercam.micLevel * 0.85);   // fast attack, slow fall
+    talkLevel.style.transform = `scaleX(${peercam.micLevel.toFixed(3)})`;
+  }, 50);
+}
+function stopMeter() {
+  clearInterval(meterTimer);
+  peercam.micLevel = 0;
+  talkLevel.style.transform = 'scaleX(0)';
+}
+
+// ---- settings and privacy --------------------------------------------------------------------
+
+const settingsEl = $('settings'), settingsBtn = $('btn-settings'), sizeSel = $('set-size'), fpsSel = $('set-fps');
+const bitrateIn = $('set-bitrate'), actualEl = $('settings-actual'), settingsErr = $('settings-error');
+const privacy = { video: $('priv-video'), audio: $('priv-audio') };
+
+function showSettings(s) {
+  if (!s) return;
+  peercam.settings = s;
+  const v = s.video || {}, a = s.audio || {};
+  if (typeof v.enabled === 'boolean') setTrackEnabled('video', v.enabled, pausedBy.video);
+  if (typeof a.enabled === 'boolean') setTrackEnabled('audio', a.enabled, pausedBy.audio);
+  actualEl.textContent = `Now: ${v.width ?? '?'}×${v.height ?? '?'} @ ${v.fps ?? '?'} fps, ${v.bitrate_kbps ?? '?'} kbit/s` +
+    ` · audio ${a.bitrate_kbps ?? '?'} kbit/s${v.problem ? ` · ${v.problem}` : ''}`;
+  if (settingsEl.contains(document.activeElement)) return;   // don't change what someone is editing
+  const size = `${v.width}x${v.height}`;
+  if (![...sizeSel.options].some((o) => o.value === size) && v.width) sizeSel.add(new Option(`${v.width}×${v.height}`, size));
+  if (v.width) sizeSel.value = size;
+  if (v.fps && ![...fpsSel.options].some((o) => o.value === String(v.fps))) fpsSel.add(new Option(String(v.fps)));
+  if (v.fps) fpsSel.value = String(v.fps);
+  if (v.bitrate_kbps) bitrateIn.value = v.bitrate_kbps;
+}
+
+function settingsError(text) { settingsErr.textContent = text || ''; settingsErr.hidden = !text; }
+
+$('constraints-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const [width, height] = sizeSel.value.split('x').map(Number);
+  const video = { width, height, frame_rate: Number(fpsSel.value) };
+  if (bitrateIn.value) video.bitrate_kbps = Number(bitrateIn.value);
+  settingsError(null);
+  try {
+    const r = await request({ type: 'apply_constraints', video });
+    if (r.ok) showSettings(r.result); else settingsError(`Not applied: ${errorText(r.error)}`);
+  } catch (err) { settingsError(err.message); }
+});
+
+for (const kind of ['video', 'audio']) {
+  privacy[kind].addEventListener('change', async () => {
+    const enabled = !privacy[kind].checked;
+    settingsError(null);
+    try {
+      const r = await request({ type: 'set_track_enabled', kind, enabled });
+      if (!r.ok) throw new Error(errorText(r.error));
+      setTrackEnabled(kind, enabled, peercam.viewerId);
+      if (r.result) showSettings(r.result);
+    } catch (err) {
+      privacy[kind].checked = !peercam.tracks[kind];
+      settingsError(err.message);
+    }
+  });
+}
+
+// ---- chat ------------------------------------------------------------------------------------
+
+const chatEl = $('chat'), chatBtn = $('btn-chat'), chatLog = $('chat-log'), chatName = $('chat-name');
+const chatText = $('chat-text'), chatUnread = $('chat-unread');
+let unread = 0;
+try { chatName.value = localStorage.getItem('peercam.name') || ''; } catch { /* storage off */ }
+
+// User text only ever goes through textContent.
+function addChat(m) {
+  const li = document.createElement('li');
+  const time = document.createElement('time');
+  const at = new Date(typeof m.at === 'number' ? m.at : Date.now());
+  time.textContent = at.toLocaleTimeString([], { hour: '2-digit', minute: '2-digit' });
+  const name = document.createElement('b');
+  name.textContent = m.from === peercam.viewerId ? 'You' : m.name || m.from || '?';
+  const text = document.createElement('span');
+  text.textContent = String(m.text ?? '');
+  li.append(time, ' ', name, ' ', text);
+  if (m.from === peercam.viewerId) li.className = 'mine';
+  chatLog.append(li);
+  while (chatLog.children.length > 200) chatLog.firstElementChild.remove();
+  chatLog.scrollTop = chatLog.scrollHeight;
+  if (chatEl.hidden && m.from !== peercam.viewerId) { unread++; chatUnread.textContent = ` ${unread}`; chatUnread.hidden = false; }
+}
+
+chatName.addEventListener('change', () => {
+  const name = chatName.value.trim();
+  try { localStorage.setItem('peercam.name', name); } catch { /* storage off */ }
+  request({ type: 'set_name', name }).catch(() => {});
+});
+
+$('chat-form').addEventListener('submit', async (e) => {
+  e.preventDefault();
+  const text = chatText.value.trim();
+  if (!text) return;
+  const msg = { type: 'chat', text };
+  if (chatName.value.trim()) msg.name = chatName.value.trim();
+  try {
+    const r = await request(msg);
+    if (!r.ok) throw new Error(errorText(r.error));
+    chatText.value = '';
+  } catch (err) {
+    addChat({ from: '', name: '⚠', text: `Not sent: ${err.message}` });
+  }
+});
+
+// One sheet at a time; they stay open while the rest of the chrome fades.
+function toggleSheet(sheet, btn) {
+  const open = sheet.hidden;
+  for (const [s, b] of [[settingsEl, settingsBtn], [chatEl, chatBtn]]) { s.hidden = true; b.setAttribute('aria-pressed', 'false'); }
+  sheet.hidden = !open;
+  btn.setAttribute('aria-pressed', String(open));
+  document.body.classList.toggle('sheet-open', open);
+  if (open && sheet === chatEl) { unread = 0; chatUnread.hidden = true; chatText.focus(); }
+  if (open && sheet === settingsEl) { showSettings(peercam.settings); if (peercam.control === 'open') request({ type: 'get_settings' }).then((r) => r.ok && showSettings(r.result)).catch(() => {}); }
+}
+settingsBtn.addEventListener('click', () => toggleSheet(settingsEl, settingsBtn));
+chatBtn.addEventListener('click', () => toggleSheet(chatEl, chatBtn));
+updateTalkUi();
 
 // ---- lifecycle -------------------------------------------------------------------------------
 

@@ -504,12 +504,14 @@ mod tests {
     #[test]
     fn a_missing_microphone_starts_offline_and_delivers_paced_silence() {
         let req = MicRequest { device: Some(StrConstraint::exact("hw:97,0")), constraints: AudioConstraints::default() };
+        // The silence is paced from when the source was made (a slow first open under load
+        // must not count as time the pacing skipped).
+        let t0 = Instant::now();
         let (mut mic, r) = AlsaMic::new(req);
         let e = r.unwrap_err();
         assert!(e.contains("hw:97,0"), "{e}");
         assert!(!mic.is_open());
         let mut f = AudioFrame { samples: vec![1; 10], capture_unix_us: 0 };
-        let t0 = Instant::now();
         for _ in 0..6 {
             mic.next_frame(&mut f).unwrap();
         }

@@ -4,6 +4,8 @@
 use super::{font, timecode, VideoFrame};
 
 pub const OFFLINE: &str = "CAMERA OFFLINE";
+/// Privacy mode: a viewer paused the video for everyone (the camera is not read meanwhile).
+pub const PAUSED: &str = "VIDEO PAUSED";
 
 /// Paints the slate at `width`×`height` into `frame`, stamped `unix_us`.
 pub fn render(frame: &mut VideoFrame, width: u32, height: u32, text: &str, unix_us: u64) {

@@ -2,7 +2,10 @@
 //! does real work), a readable UTC clock, and the timestamp code on row 0 (see `timecode`).
 //! Paced by the monotonic clock at the configured rate.
 
-use super::{font, timecode, unix_now_us, CaptureError, VideoFrame, VideoSource};
+use super::constraints::{
+    resolve_video, FormatModes, FourCc, Fraction, IntervalRange, SizeModes, SizeRange, VideoConstraints, VideoDeviceModes,
+};
+use super::{font, timecode, unix_now_us, ApplyError, CaptureError, VideoFrame, VideoSource};
 use std::time::{Duration, Instant};
 
 /// BT.601 limited-range YUV of the classic bars: white, yellow, cyan, green, magenta, red, blue.
@@ -145,6 +148,38 @@ impl VideoSource for TestPattern {
     fn settings(&self) -> (u32, u32, u32) {
         (self.width, self.height, self.fps)
     }
+
+    fn apply_constraints(&mut self, c: &VideoConstraints) -> Result<(), ApplyError> {
+        let device = VideoDeviceModes { names: vec!["testsrc".into()], formats: vec![test_pattern_modes()] };
+        let choice = resolve_video(&[device], None, c, false)?;
+        let m = choice.mode;
+        *self = TestPattern::new(m.width & !1, m.height & !1, (m.fps().round() as u32).clamp(1, 60));
+        Ok(())
+    }
+}
+
+/// What the test pattern offers to constraints: any even size from 160x120 to 1920x1080 at
+/// 1–60 fps, like a very flexible camera.
+pub fn test_pattern_modes() -> FormatModes {
+    FormatModes {
+        fourcc: FourCc(*b"YU12"),
+        description: "test pattern".into(),
+        sizes: vec![SizeModes {
+            size: SizeRange::Stepwise {
+                min_width: 160,
+                max_width: 1920,
+                step_width: 2,
+                min_height: 120,
+                max_height: 1080,
+                step_height: 2,
+            },
+            intervals: IntervalRange::Stepwise {
+                min: Fraction::new(1, 60),
+                max: Fraction::new(1, 1),
+                step: Fraction::new(1, 60),
+            },
+        }],
+    }
 }
 
 #[cfg(test)]
@@ -170,6 +205,26 @@ mod tests {
         p.render(&mut b, 2, 0);
         let differing = a.data.iter().zip(&b.data).filter(|(x, y)| x != y).count();
         assert!(differing > 1000, "only {differing} bytes changed");
+    }
+
+    #[test]
+    fn applies_constraints_live() {
+        use crate::capture::constraints::NumConstraint;
+        let mut p = TestPattern::new(1280, 720, 30);
+        let c = VideoConstraints {
+            width: Some(NumConstraint::ideal(640.0)),
+            height: Some(NumConstraint::ideal(360.0)),
+            frame_rate: Some(NumConstraint::ideal(15.0)),
+            ..Default::default()
+        };
+        p.apply_constraints(&c).unwrap();
+        assert_eq!(p.settings(), (640, 360, 15));
+        let too_big = VideoConstraints { width: Some(NumConstraint::exact(4000.0)), ..Default::default() };
+        match p.apply_constraints(&too_big) {
+            Err(ApplyError::Overconstrained(o)) => assert_eq!(o.constraint, "width"),
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(p.settings(), (640, 360, 15), "a failed apply keeps the mode");
     }
 
     #[test]

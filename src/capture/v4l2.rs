@@ -13,10 +13,11 @@ use super::constraints::{
 };
 use super::convert::Converter;
 use super::devices::{self, ControlInfo, VideoDevice};
-use super::{unix_now_us, CaptureError, VideoFrame, VideoSource};
+use super::{unix_now_us, ApplyError, CameraH264, CameraLink, CaptureError, Problem, VideoFrame, VideoSource};
 use crate::config::VideoConfig;
 use std::collections::BTreeMap;
 use std::io;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use v4l::buffer::Type as BufType;
 use v4l::io::traits::CaptureStream;
@@ -30,6 +31,17 @@ const DEQUEUE_TIMEOUT: Duration = Duration::from_secs(2);
 const BUFFERS: u32 = 4;
 /// A gap between dequeues longer than this (no viewer) restarts the stream.
 const IDLE_RESTART: Duration = Duration::from_millis(500);
+/// With nobody watching for this long the camera is closed (streaming off: its LED goes out,
+/// the USB bandwidth is free, other programs may use it); the next viewer opens it again.
+/// `PEERCAM_CAMERA_IDLE_OFF_MS` overrides it (tests).
+pub const IDLE_STREAM_OFF: Duration = Duration::from_secs(10);
+/// While idle and failing (busy, missing), the camera is looked for this often, so
+/// `/api/settings` follows it without a viewer.
+const IDLE_RETRY: Duration = Duration::from_secs(2);
+/// `V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME` (a button in the codec class).
+pub const CID_FORCE_KEY_FRAME: u32 = 0x0099_0900 + 229;
+/// `V4L2_CID_MPEG_VIDEO_H264_PROFILE` (menu: 0 baseline, 1 constrained baseline, 2 main, …).
+pub const CID_H264_PROFILE: u32 = 0x0099_0900 + 363;
 
 /// What the config asks for.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,13 +77,27 @@ impl CameraRequest {
 struct Open {
     /// Declared before `dev` so it is dropped (STREAMOFF, unmap) first.
     stream: MmapStream<'static>,
-    _dev: v4l::Device,
-    conv: Converter,
+    dev: v4l::Device,
+    sink: Sink,
     timeouts: u32,
     bad_frames: u32,
     /// When a frame was last dequeued: after a pause (nobody watching) the stream is
     /// restarted so the first frames are fresh, not the ones the driver queued long ago.
     last_dequeue: Instant,
+    /// The driver's sequence number of the last buffer (H.264: a jump means lost units).
+    last_sequence: Option<u32>,
+    /// The device's force-key-frame control, if it has one.
+    force_key_frame: Option<u32>,
+    /// (stable id, node) for messages.
+    name: (String, String),
+}
+
+/// What becomes of a dequeued buffer.
+enum Sink {
+    /// Converted to I420.
+    Raw(Converter),
+    /// The camera's own H.264, handed on as it is (passthrough).
+    H264 { width: u32, height: u32 },
 }
 
 pub struct V4l2Camera {
@@ -83,6 +109,16 @@ pub struct V4l2Camera {
     mode: Option<VideoMode>,
     next_retry: Instant,
     last_error: String,
+    /// Why the camera is not streaming, for `/api/settings` (live).
+    problem: Problem,
+    /// H.264 passthrough: the way back from the encode thread, and the access unit count.
+    link: Arc<CameraLink>,
+    h264_sequence: u64,
+    /// Why the camera's H.264 was refused (its profile): its H.264 modes are not chosen again.
+    h264_refused: Option<String>,
+    /// The camera was closed because nobody watched (not a fault).
+    idle_closed: bool,
+    idle_off_after: Duration,
 }
 
 /// What `open` found, for logs and `/api/settings`.
@@ -106,6 +142,15 @@ impl V4l2Camera {
             mode: None,
             next_retry: Instant::now(),
             last_error: String::new(),
+            problem: Problem::default(),
+            link: Arc::default(),
+            h264_sequence: 0,
+            h264_refused: None,
+            idle_closed: false,
+            idle_off_after: std::env::var("PEERCAM_CAMERA_IDLE_OFF_MS")
+                .ok()
+                .and_then(|v| v.parse().ok())
+                .map_or(IDLE_STREAM_OFF, Duration::from_millis),
         };
         let r = cam.try_open();
         (cam, r)
@@ -125,47 +170,106 @@ impl V4l2Camera {
         self.open.is_some()
     }
 
+    /// The live problem text (`/api/settings` `video.problem`).
+    pub fn problem_handle(&self) -> Problem {
+        self.problem.clone()
+    }
+
     fn try_open(&mut self) -> Result<Opened, String> {
         self.next_retry = Instant::now() + RETRY;
-        match open_device(&self.req) {
+        match open_device(&self.req, self.h264_refused.is_none()) {
             Ok((open, opened)) => {
                 let m = opened.mode;
                 self.size = (open.conv_size().0, open.conv_size().1, m.fps().round().max(1.0) as u32);
                 self.label = format!("v4l2 {} ({}) {}", opened.device.id, opened.device.card, m.fourcc);
+                if matches!(open.sink, Sink::H264 { .. }) {
+                    // Whatever came before is no reference for what the camera sends now.
+                    self.h264_sequence += super::H264_REOPEN_JUMP;
+                    if open.force_key_frame.is_none() {
+                        log::info!(
+                            "camera {}: H.264 passthrough; the camera has no force-key-frame control, so new \
+                             viewers wait for its own periodic IDR",
+                            opened.device.id
+                        );
+                    } else {
+                        log::info!("camera {}: H.264 passthrough, IDRs on request (force-key-frame control)", opened.device.id);
+                    }
+                }
                 self.mode = Some(m);
                 self.open = Some(open);
                 self.last_error.clear();
+                self.problem.set(None);
+                self.idle_closed = false;
                 for w in &opened.warnings {
                     log::warn!("camera {}: {w}", opened.device.id);
                 }
                 Ok(opened)
             }
             Err(e) => {
+                let e = match &self.h264_refused {
+                    Some(why) if requires_h264(&self.req) => format!("{why} ([video.constraints] format requires H264)"),
+                    _ => e,
+                };
                 if e != self.last_error {
                     log::debug!("camera: {e}");
                 }
                 self.last_error = e.clone();
+                self.problem.set(Some(e.clone()));
                 Err(e)
             }
         }
     }
 
     fn close(&mut self, why: String) -> CaptureError {
+        self.release();
+        self.last_error = why.clone();
+        self.problem.set(Some(why.clone()));
+        self.next_retry = Instant::now() + RETRY;
+        CaptureError::Gone(why)
+    }
+
+    /// Closes the device (STREAMOFF, buffers unmapped, file closed).
+    fn release(&mut self) {
         if let Some(open) = self.open.take() {
             // The v4l crate panics in Drop on errors other than ENODEV (a half-gone device can
             // give others); never let that take the capture thread down.
             let _ = std::panic::catch_unwind(std::panic::AssertUnwindSafe(move || drop(open)));
         }
-        self.last_error = why.clone();
-        self.next_retry = Instant::now() + RETRY;
-        CaptureError::Gone(why)
+    }
+
+    /// Serves the passthrough's requests: a refused profile (reopen without H.264) and IDRs.
+    fn serve_link(&mut self) {
+        if let Some(why) = self.link.take_refusal() {
+            log::error!("{}: {why}", self.label);
+            self.h264_refused = Some(why);
+            self.release();
+            self.next_retry = Instant::now();
+            return;
+        }
+        if self.link.take_idr_request() {
+            if let Some(open) = self.open.as_ref() {
+                if let Some(id) = open.force_key_frame {
+                    let c = v4l::control::Control { id, value: v4l::control::Value::None };
+                    if let Err(e) = open.dev.set_control(c) {
+                        log::debug!("{}: force-key-frame failed: {e}", self.label);
+                    }
+                }
+            }
+        }
     }
 }
 
 impl Open {
     fn conv_size(&self) -> (u32, u32) {
-        self.conv.output_size()
+        match &self.sink {
+            Sink::Raw(conv) => conv.output_size(),
+            Sink::H264 { width, height } => (*width, *height),
+        }
     }
+}
+
+fn requires_h264(req: &CameraRequest) -> bool {
+    req.constraints.format.as_ref().is_some_and(|f| f.is_required() && f.wanted().is_some_and(|w| w.eq_ignore_ascii_case("H264")))
 }
 
 impl VideoSource for V4l2Camera {
@@ -174,6 +278,7 @@ impl VideoSource for V4l2Camera {
     }
 
     fn next_frame(&mut self, frame: &mut VideoFrame) -> Result<(), CaptureError> {
+        self.serve_link();
         if self.open.is_none() {
             if Instant::now() < self.next_retry {
                 return Err(CaptureError::Gone(self.offline_message()));
@@ -192,11 +297,31 @@ impl VideoSource for V4l2Camera {
         loop {
             let open = self.open.as_mut().expect("opened above");
             open.last_dequeue = Instant::now();
+            let (h264_sequence, link) = (&mut self.h264_sequence, &self.link);
             let result = open.stream.next().map(|(buf, meta)| {
                 let used = (meta.bytesused as usize).min(buf.len());
                 let error = meta.flags.contains(v4l::buffer::Flags::ERROR) || used == 0;
                 let ts = (meta.timestamp.sec as i64) * 1_000_000 + meta.timestamp.usec as i64;
-                (error, if error { Ok(()) } else { open.conv.convert(&buf[..used], frame) }, ts)
+                let lost = open.last_sequence.is_some_and(|last| meta.sequence != last.wrapping_add(1));
+                open.last_sequence = Some(meta.sequence);
+                let out = match &mut open.sink {
+                    _ if error => Ok(()),
+                    Sink::Raw(conv) => {
+                        frame.h264 = None;
+                        conv.convert(&buf[..used], frame)
+                    }
+                    Sink::H264 { width, height } => {
+                        // One access unit per buffer, handed on as it is; a jump in the
+                        // sequence tells the passthrough that units were lost.
+                        *h264_sequence += 1 + lost as u64;
+                        frame.data.clear();
+                        frame.data.extend_from_slice(&buf[..used]);
+                        (frame.width, frame.height) = (*width, *height);
+                        frame.h264 = Some(CameraH264 { sequence: *h264_sequence, link: link.clone() });
+                        Ok(())
+                    }
+                };
+                (error, out, ts)
             });
             match result {
                 Ok((true, _, _)) => continue, // the driver flagged a corrupt buffer: next one
@@ -225,6 +350,11 @@ impl VideoSource for V4l2Camera {
                     }
                     return Err(CaptureError::Failed(format!("no frame within {:?}", DEQUEUE_TIMEOUT)));
                 }
+                Err(e) if e.raw_os_error() == Some(libc::EBUSY) => {
+                    // STREAMON refused: someone else streams from it.
+                    let why = busy_message(&open.name.0, &open.name.1);
+                    return Err(self.close(why));
+                }
                 Err(e) => {
                     return Err(self.close(format!("camera disappeared: {}", describe_io(&e))));
                 }
@@ -234,6 +364,58 @@ impl VideoSource for V4l2Camera {
 
     fn settings(&self) -> (u32, u32, u32) {
         self.size
+    }
+
+    fn idle(&mut self) {
+        match self.open.as_ref() {
+            Some(open) if open.last_dequeue.elapsed() >= self.idle_off_after => {
+                log::info!(
+                    "{}: nobody watching for {} s: camera closed (streaming off) until the next viewer",
+                    self.label,
+                    self.idle_off_after.as_secs_f32()
+                );
+                self.release();
+                self.idle_closed = true;
+                self.next_retry = Instant::now();
+            }
+            // Failing (busy, missing) with nobody watching: keep looking, more slowly, so that
+            // `/api/settings` follows the camera. Once open, it is closed again after the idle
+            // time above.
+            None if !self.idle_closed && Instant::now() >= self.next_retry => {
+                self.serve_link();
+                if self.try_open().is_ok() {
+                    log::info!("{} is usable again", self.label);
+                } else {
+                    self.next_retry = Instant::now() + IDLE_RETRY;
+                }
+            }
+            _ => {}
+        }
+    }
+
+    fn problem(&self) -> Option<Problem> {
+        Some(self.problem.clone())
+    }
+
+    /// Reopens the camera with the new constraints; if it cannot meet them, reopens it as it
+    /// was (the device must be closed first: it cannot change format while streaming).
+    fn apply_constraints(&mut self, c: &VideoConstraints) -> Result<(), ApplyError> {
+        let old = self.req.clone();
+        self.close("reconfiguring".into());
+        self.req.constraints = c.clone();
+        match self.try_open() {
+            Ok(o) => {
+                log::info!("camera {}: now {}", o.device.id, o.mode);
+                Ok(())
+            }
+            Err(e) => {
+                self.req = old;
+                if let Err(again) = self.try_open() {
+                    log::warn!("camera: cannot reopen with the previous settings: {again}");
+                }
+                Err(ApplyError::Failed(e))
+            }
+        }
     }
 }
 
@@ -269,13 +451,13 @@ fn capture_time_us(mono_us: i64) -> u64 {
 }
 
 /// Resolves the request over the cameras present and opens the winner.
-fn open_device(req: &CameraRequest) -> Result<(Open, Opened), String> {
+fn open_device(req: &CameraRequest, allow_h264: bool) -> Result<(Open, Opened), String> {
     let cams = devices::list_video();
     if cams.is_empty() {
         return Err(not_found_message(req));
     }
     let modes: Vec<_> = cams.iter().map(|c| c.modes()).collect();
-    let choice = resolve_video(&modes, req.device.as_ref(), &req.constraints, false).map_err(|e| {
+    let choice = resolve_video(&modes, req.device.as_ref(), &req.constraints, allow_h264).map_err(|e| {
         if e.constraint == "device" { not_found_message(req) + &format!("; cameras here: {}", e.offers) } else { e.to_string() }
     })?;
     let cam = cams[choice.device].clone();
@@ -286,14 +468,27 @@ fn open_device(req: &CameraRequest) -> Result<(Open, Opened), String> {
     fmt.height = mode.height;
     fmt.fourcc = v4l::FourCC::new(&mode.fourcc.0);
     let fmt = dev.set_format(&fmt).map_err(|e| match e.raw_os_error() {
-        Some(libc::EBUSY) => format!("camera {} ({}) is busy: another program is streaming from it", cam.id, cam.path),
+        Some(libc::EBUSY) => busy_message(&cam.id, &cam.path),
         _ => format!("camera {}: cannot set {mode}: {}", cam.path, describe_io(&e)),
     })?;
     let got = FourCc(fmt.fourcc.repr);
     if got != mode.fourcc {
         return Err(format!("camera {}: asked for {}, the driver gave {got}", cam.path, mode.fourcc));
     }
-    let conv = Converter::new(got, fmt.width, fmt.height, fmt.stride)?;
+    let sink = if &got.0 == b"H264" {
+        // Ask for a profile browsers take where the camera lets us choose (encoders that
+        // expose the control; most UVC cameras do not, and their SPS decides).
+        if let Some(c) = cam.controls.iter().find(|c| c.id == CID_H264_PROFILE && !c.read_only) {
+            let want = [1i64, 0].into_iter().find(|v| c.menu.contains_key(v) || c.menu.is_empty());
+            if let Some(v) = want {
+                let _ = dev.set_control(v4l::control::Control { id: c.id, value: v4l::control::Value::Integer(v) });
+            }
+        }
+        Sink::H264 { width: fmt.width, height: fmt.height }
+    } else {
+        Sink::Raw(Converter::new(got, fmt.width, fmt.height, fmt.stride)?)
+    };
+    let force_key_frame = cam.controls.iter().find(|c| c.id == CID_FORCE_KEY_FRAME).map(|c| c.id);
     let mut actual = mode;
     actual.width = fmt.width;
     actual.height = fmt.height;
@@ -307,14 +502,62 @@ fn open_device(req: &CameraRequest) -> Result<(Open, Opened), String> {
     }
     let warnings = apply_controls(&dev, &cam.controls, &req.controls);
     let mut stream = MmapStream::with_buffers(&dev, BufType::VideoCapture, BUFFERS).map_err(|e| match e.raw_os_error() {
-        Some(libc::EBUSY) => format!("camera {} ({}) is busy: another program is streaming from it", cam.id, cam.path),
+        Some(libc::EBUSY) => busy_message(&cam.id, &cam.path),
         _ => format!("camera {}: cannot map buffers: {}", cam.path, describe_io(&e)),
     })?;
     stream.set_timeout(DEQUEUE_TIMEOUT);
     Ok((
-        Open { stream, _dev: dev, conv, timeouts: 0, bad_frames: 0, last_dequeue: Instant::now() },
+        Open {
+            stream,
+            dev,
+            sink,
+            timeouts: 0,
+            bad_frames: 0,
+            last_dequeue: Instant::now(),
+            last_sequence: None,
+            force_key_frame,
+            name: (cam.id.clone(), cam.path.clone()),
+        },
         Opened { device: cam, mode: actual, warnings },
     ))
+}
+
+/// "camera X (/dev/videoN) is busy: …" naming the processes that hold the device open.
+pub fn busy_message(id: &str, path: &str) -> String {
+    let holders = holders_of(std::path::Path::new(path));
+    let who = if holders.is_empty() {
+        "another program is using it (none visible from here: /proc may be restricted)".to_string()
+    } else {
+        let list: Vec<String> = holders.iter().map(|(pid, comm)| format!("{comm} (pid {pid})")).collect();
+        format!("it is in use by {}", list.join(", "))
+    };
+    format!("camera {id} ({path}) is busy: {who}; peercam keeps trying and takes it when it is free")
+}
+
+/// The processes (pid, command name) other than this one with `node` open, from /proc.
+pub fn holders_of(node: &std::path::Path) -> Vec<(u32, String)> {
+    use std::os::unix::fs::{FileTypeExt, MetadataExt};
+    let Ok(want) = std::fs::metadata(node).map(|m| m.rdev()) else { return Vec::new() };
+    let me = std::process::id();
+    let mut out = Vec::new();
+    let Ok(procs) = std::fs::read_dir("/proc") else { return out };
+    for p in procs.flatten() {
+        let Some(pid) = p.file_name().to_str().and_then(|n| n.parse::<u32>().ok()) else { continue };
+        if pid == me {
+            continue;
+        }
+        let Ok(fds) = std::fs::read_dir(p.path().join("fd")) else { continue };
+        // stat through the fd link: the same character device, whatever name it was opened by.
+        let holds = fds
+            .flatten()
+            .any(|fd| std::fs::metadata(fd.path()).is_ok_and(|m| m.file_type().is_char_device() && m.rdev() == want));
+        if holds {
+            let comm = std::fs::read_to_string(p.path().join("comm")).map(|c| c.trim().to_string()).unwrap_or_default();
+            out.push((pid, comm));
+        }
+    }
+    out.sort();
+    out
 }
 
 fn not_found_message(req: &CameraRequest) -> String {
@@ -433,12 +676,33 @@ mod tests {
     }
 
     #[test]
+    fn a_busy_device_is_blamed_on_the_process_that_holds_it() {
+        // Any character device works for the /proc scan: a child holding /dev/zero open.
+        let mut child = std::process::Command::new("sleep")
+            .arg("5")
+            .stdin(std::fs::File::open("/dev/zero").unwrap())
+            .spawn()
+            .unwrap();
+        std::thread::sleep(Duration::from_millis(50));
+        let holders = holders_of(Path::new("/dev/zero"));
+        let msg = busy_message("usb-cam", "/dev/zero");
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(holders.contains(&(child.id(), "sleep".to_string())), "{holders:?}");
+        assert!(msg.starts_with("camera usb-cam (/dev/zero) is busy: it is in use by "), "{msg}");
+        assert!(msg.contains(&format!("sleep (pid {})", child.id())), "{msg}");
+        assert!(!holders.iter().any(|(pid, _)| *pid == std::process::id()), "not blamed on itself");
+        assert!(holders_of(Path::new("/nonexistent/video9")).is_empty());
+    }
+
+    #[test]
     fn a_missing_camera_starts_offline_and_reports_why() {
         let c = Config::from_toml("[video]\nsource = \"v4l2\"\ndevice = { exact = \"/dev/video-none\" }\n", Path::new("t")).unwrap();
         let (mut cam, r) = V4l2Camera::new(CameraRequest::from_config(&c.video));
         let e = r.unwrap_err();
         assert!(e.contains("/dev/video-none") || e.contains("no V4L2 capture device"), "{e}");
         assert!(!cam.is_open());
+        assert_eq!(cam.problem().and_then(|p| p.get()), Some(e.clone()), "/api/settings shows why");
         let mut f = VideoFrame::new(2, 2);
         match cam.next_frame(&mut f) {
             Err(CaptureError::Gone(m)) => assert!(!m.is_empty()),

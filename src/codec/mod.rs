@@ -3,6 +3,7 @@
 
 pub mod h264;
 pub mod opus;
+pub mod passthrough;
 
 use bytes::Bytes;
 

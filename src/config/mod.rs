@@ -59,8 +59,10 @@ pub struct Config {
     pub http: HttpConfig,
     pub video: VideoConfig,
     pub audio: AudioConfig,
+    pub speaker: SpeakerConfig,
     pub webrtc: WebRtcConfig,
     pub auth: AuthConfig,
+    pub peerjs: PeerJsConfig,
     pub log: LogConfig,
 }
 
@@ -168,6 +170,98 @@ impl Default for AuthConfig {
     }
 }
 
+/// PeerServer-compatible signaling at `/peerjs` (PeerJS clients: `path: '/peerjs'`).
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct PeerJsConfig {
+    pub enabled: bool,
+    /// The PeerJS `key` option browsers pass (PeerJS's default is `peerjs`). Not a secret: on a
+    /// device with a password a browser also needs a login or a bearer token (which it may pass
+    /// as the key, since browsers cannot put headers on a WebSocket).
+    pub key: PeerJsKey,
+    /// The device's own peer ID; reserved (a browser claiming it gets ID-TAKEN).
+    pub device_id: PeerJsId,
+    /// Seconds a message for an ID that is not connected is kept; then its sender gets EXPIRE.
+    pub expire_timeout_s: Ranged<1, 300>,
+    /// Seconds without a message (PeerJS sends a heartbeat every 5 s) before a peer is dropped.
+    pub alive_timeout_s: Ranged<10, 3600>,
+    /// Most browser peers connected at once; one more gets ERROR.
+    pub max_peers: Ranged<1, 4096>,
+    /// Largest WebSocket message; a bigger one gets ERROR and the socket is closed.
+    pub max_message_bytes: Ranged<1024, 1_048_576>,
+}
+
+impl Default for PeerJsConfig {
+    fn default() -> Self {
+        Self {
+            enabled: true,
+            key: PeerJsKey("peerjs".into()),
+            device_id: PeerJsId("peercam".into()),
+            expire_timeout_s: Ranged(5),
+            alive_timeout_s: Ranged(60),
+            max_peers: Ranged(64),
+            max_message_bytes: Ranged(65536),
+        }
+    }
+}
+
+/// A PeerJS peer ID as the PeerJS client accepts it: letters and digits, single spaces,
+/// `_` or `-` between them (`^[A-Za-z0-9]+(?:[ _-][A-Za-z0-9]+)*$`), at most 64 characters.
+pub fn is_valid_peer_id(id: &str) -> bool {
+    let b = id.as_bytes();
+    let sep = |c: u8| matches!(c, b' ' | b'_' | b'-');
+    !b.is_empty()
+        && b.len() <= 64
+        && b.iter().all(|&c| c.is_ascii_alphanumeric() || sep(c))
+        && b[0].is_ascii_alphanumeric()
+        && b[b.len() - 1].is_ascii_alphanumeric()
+        && !b.windows(2).any(|w| sep(w[0]) && sep(w[1]))
+}
+
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct PeerJsId(pub String);
+
+impl TryFrom<String> for PeerJsId {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        if is_valid_peer_id(&s) {
+            Ok(PeerJsId(s))
+        } else {
+            Err(format!("{s:?} is not a PeerJS ID: letters and digits, with single spaces, _ or - between them, at most 64"))
+        }
+    }
+}
+
+impl From<PeerJsId> for String {
+    fn from(p: PeerJsId) -> String {
+        p.0
+    }
+}
+
+/// The PeerJS key: it travels in URLs (`/peerjs/<key>/id`, `?key=`), so URL-safe characters only.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(try_from = "String", into = "String")]
+pub struct PeerJsKey(pub String);
+
+impl TryFrom<String> for PeerJsKey {
+    type Error = String;
+    fn try_from(s: String) -> Result<Self, String> {
+        let ok = !s.is_empty() && s.len() <= 128 && s.bytes().all(|c| c.is_ascii_alphanumeric() || b"-._~".contains(&c));
+        if ok {
+            Ok(PeerJsKey(s))
+        } else {
+            Err(format!("{s:?} is not a usable PeerJS key: 1 to 128 of A-Z a-z 0-9 - . _ ~"))
+        }
+    }
+}
+
+impl From<PeerJsKey> for String {
+    fn from(k: PeerJsKey) -> String {
+        k.0
+    }
+}
+
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum VideoSourceKind {
@@ -258,6 +352,22 @@ impl Default for AudioConfig {
             device: None,
             constraints: AudioConstraints::default(),
         }
+    }
+}
+
+/// `[speaker]`: where talk-back plays.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct SpeakerConfig {
+    /// ALSA playback PCM, opened only while someone talks. Empty: talk-back is off.
+    pub device: String,
+    /// Gain on the talker's voice, in percent (100 = as received).
+    pub volume_percent: Ranged<0, 400>,
+}
+
+impl Default for SpeakerConfig {
+    fn default() -> Self {
+        Self { device: "default".into(), volume_percent: Ranged(100) }
     }
 }
 
@@ -562,6 +672,9 @@ level = "debug"
             ("[http]\nlisten = \"nowhere\"\n", "listen", "line 2"),
             ("[video]\nsource = \"webcam\"\n", "webcam", "line 2"),
             ("[webrtc]\nudp_port = 70000\n", "udp_port", "line 2"),
+            ("[peerjs]\ndevice_id = \"my cam!\"\n", "not a PeerJS ID", "line 2"),
+            ("[peerjs]\nkey = \"a/b\"\n", "not a usable PeerJS key", "line 2"),
+            ("[peerjs]\nalive_timeout_s = 5\n", "out of range", "line 2"),
             ("[auth]\npassword_hash = \"hunter2\"\n", "not an Argon2 hash", "line 2"),
             ("[auth]\ntoken_sha256 = [\"abc\"]\n", "SHA-256", "line 2"),
             (

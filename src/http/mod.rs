@@ -5,6 +5,8 @@ pub mod tls;
 
 use crate::pipeline::Pipeline;
 use crate::rtc::session::Sessions;
+use crate::rtc::control::{self, ControlError};
+use crate::rtc::room::Origin;
 use crate::signal::whep;
 use auth::{Auth, Decision, LoginResult};
 use axum::extract::{ConnectInfo, DefaultBodyLimit, Path, Query, Request, State};
@@ -15,7 +17,6 @@ use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use std::net::SocketAddr;
 use serde_json::{json, Value};
-use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
 /// The page, embedded at build time: no files are needed at run time.
@@ -31,6 +32,8 @@ pub struct AppState {
     pub auth: Arc<Auth>,
     /// Served over HTTPS: cookies get the Secure flag.
     pub tls: bool,
+    /// PeerServer-compatible signaling (`/peerjs`), shared with the device's own PeerJS peer.
+    pub peerjs: Arc<crate::signal::peerjs::PeerServer>,
 }
 
 pub fn router(state: AppState) -> Router {
@@ -41,9 +44,13 @@ pub fn router(state: AppState) -> Router {
         .route("/whep/{id}", axum::routing::delete(whep::delete).patch(whep::patch))
         .route("/api/settings", get(settings))
         .route("/api/devices", get(devices))
+        .route("/api/constraints", post(apply_constraints))
+        .route("/api/tracks", post(set_tracks))
         .route("/api/token", post(mint_token))
         .route("/login", get(login_page).post(login))
         .route("/logout", post(logout))
+        .route("/peerjs-demo", get(|| async { serve_asset("peerjs-demo.html") }))
+        .merge(crate::signal::peerjs::routes())
         .route("/{*path}", get(asset))
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .layer(DefaultBodyLimit::max(limit))
@@ -78,7 +85,15 @@ async fn guard(State(app): State<AppState>, ConnectInfo(peer): ConnectInfo<Socke
     let headers = req.headers();
     // WHEP is for programs: bearer tokens only (RFC 9725), never the browser's cookie.
     let cookie = if path.starts_with("/whep") { None } else { session_cookie(headers) };
-    match app.auth.decide(peer.ip(), cookie, bearer(headers)) {
+    let mut decision = app.auth.decide(peer.ip(), cookie, bearer(headers));
+    // Browsers cannot set headers on a WebSocket: PeerJS clients may pass a bearer token as their
+    // PeerJS `key` instead (see `peerjs::key_in_request`).
+    if decision == Decision::NeedsLogin {
+        if let Some(key) = crate::signal::peerjs::key_in_request(req.uri()) {
+            decision = app.auth.decide(peer.ip(), cookie, Some(&key));
+        }
+    }
+    match decision {
         Decision::Allow => next.run(req).await,
         Decision::NeedsPasswordSetup => {
             let page = asset_text("setup.html").unwrap_or_else(|| "This camera has no password yet.".into());
@@ -205,27 +220,7 @@ fn serve_asset(path: &str) -> Response {
 
 /// What is actually being sent (the getSettings of the W3C model) plus counters.
 pub fn settings_json(app: &AppState) -> Value {
-    let p = &app.pipeline;
-    let mut video = serde_json::to_value(&p.video).unwrap_or(Value::Null);
-    let mut audio = serde_json::to_value(&p.audio).unwrap_or(Value::Null);
-    if let Value::Object(v) = &mut video {
-        v.insert("encoded_frames".into(), json!(p.hub.video.units_published()));
-        v.insert("keyframes".into(), json!(p.hub.video.keyframes_published()));
-        v.insert("encoders_started".into(), json!(p.stats.encoders_started.load(Ordering::Relaxed)));
-        v.insert("frames_captured".into(), json!(p.stats.frames_captured.load(Ordering::Relaxed)));
-        v.insert("frames_dropped".into(), json!(p.stats.frames_dropped.load(Ordering::Relaxed)));
-        v.insert("encode_ms".into(), json!(p.stats.encode_us.load(Ordering::Relaxed) as f64 / 1000.0));
-    }
-    if let Value::Object(a) = &mut audio {
-        a.insert("encoded_frames".into(), json!(p.hub.audio.units_published()));
-    }
-    json!({
-        "video": video,
-        "audio": audio,
-        "viewers": app.sessions.count(),
-        "webrtc": { "udp_port": app.sessions.udp_addr().port() },
-        "version": env!("CARGO_PKG_VERSION"),
-    })
+    app.sessions.room.settings()
 }
 
 async fn settings(State(app): State<AppState>) -> Json<Value> {
@@ -239,4 +234,50 @@ async fn devices() -> Response {
         Ok(list) => Json(list).into_response(),
         Err(e) => (StatusCode::INTERNAL_SERVER_ERROR, format!("device listing failed: {e}\n")).into_response(),
     }
+}
+
+/// A control reply as an HTTP response: the result, or the error object with a fitting status.
+fn control_response(result: Result<Value, ControlError>) -> Response {
+    match result {
+        Ok(v) => Json(v).into_response(),
+        Err(e) => {
+            let status = match e.code {
+                "overconstrained" => StatusCode::UNPROCESSABLE_ENTITY,
+                "unavailable" => StatusCode::SERVICE_UNAVAILABLE,
+                "too_large" => StatusCode::PAYLOAD_TOO_LARGE,
+                _ => StatusCode::BAD_REQUEST,
+            };
+            (status, Json(json!({ "error": e.to_json() }))).into_response()
+        }
+    }
+}
+
+/// Reads a JSON body as `T`, with the control protocol's errors (field named, no panic).
+fn json_body<T: for<'de> serde::Deserialize<'de>>(body: &Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>) -> Result<T, ControlError> {
+    let bytes = match body {
+        Ok(b) => b,
+        Err(r) if r.status() == StatusCode::PAYLOAD_TOO_LARGE => return Err(ControlError::new("too_large", "the body is too large")),
+        Err(r) => return Err(ControlError::new("bad_message", format!("cannot read the body: {r}"))),
+    };
+    let value: Value = serde_json::from_slice(bytes).map_err(|e| ControlError::new("bad_json", format!("not JSON: {e}")))?;
+    control::from_body(value)
+}
+
+/// `POST /api/constraints`: the control channel's `apply_constraints` for scripts, e.g.
+/// `{"video": {"width": 640, "height": 360, "frame_rate": 15}}`.
+async fn apply_constraints(State(app): State<AppState>, body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>) -> Response {
+    let result = match json_body::<control::Apply>(&body) {
+        Ok(apply) => app.sessions.room.apply(Origin::Api, apply).await,
+        Err(e) => Err(e),
+    };
+    control_response(result)
+}
+
+/// `POST /api/tracks`: `{"kind": "video"|"audio", "enabled": false}` — privacy mode for everyone.
+async fn set_tracks(State(app): State<AppState>, body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>) -> Response {
+    let result = match json_body::<control::TrackEnabled>(&body) {
+        Ok(t) => app.sessions.room.handle(Origin::Api, control::Request::SetTrackEnabled(t)).await,
+        Err(e) => Err(e),
+    };
+    control_response(result)
 }

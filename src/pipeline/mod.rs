@@ -11,13 +11,16 @@
 use crate::capture::testsrc::TestPattern;
 use crate::capture::tone::Tone;
 use crate::capture::slate;
-use crate::capture::{AudioFrame, AudioSource, CaptureError, VideoFrame, VideoSource, AUDIO_FRAME_SAMPLES};
+use crate::capture::constraints::{NumConstraint, VideoConstraints};
+use crate::capture::{AudioFrame, AudioSource, ApplyError, CaptureError, VideoFrame, VideoSource, AUDIO_FRAME_SAMPLES};
 use crate::codec::h264::{H264Encoder, H264Params, PROFILE_LEVEL_ID};
 use crate::codec::opus::OpusEncoder;
 use crate::config::{AudioSourceKind, Config, VideoSourceKind};
 use crate::hub::{Hub, KeyframeGate};
 use serde::Serialize;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+
+mod passthrough;
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, Ordering};
 use std::sync::mpsc;
 use std::sync::{Arc, Condvar, Mutex};
 use std::thread::JoinHandle;
@@ -49,6 +52,8 @@ pub struct Stats {
 #[derive(Debug, Clone, Serialize)]
 pub struct VideoSettings {
     pub source: String,
+    /// False in privacy mode (`set_track_enabled`): viewers see a "VIDEO PAUSED" slate.
+    pub enabled: bool,
     pub codec: &'static str,
     pub profile_level_id: &'static str,
     pub width: u32,
@@ -56,14 +61,17 @@ pub struct VideoSettings {
     pub fps: u32,
     pub bitrate_kbps: u32,
     pub keyframe_interval_s: u32,
-    /// Why the configured camera is not what is being sent (missing, busy, overconstrained…).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub problem: Option<String>,
+    /// Why the configured camera is not what is being sent (missing, busy, overconstrained…);
+    /// the camera keeps it current.
+    #[serde(skip_serializing_if = "crate::capture::Problem::is_none")]
+    pub problem: crate::capture::Problem,
 }
 
 #[derive(Debug, Clone, Serialize)]
 pub struct AudioSettings {
     pub source: String,
+    /// False in privacy mode: silence is sent.
+    pub enabled: bool,
     pub codec: &'static str,
     pub sample_rate: u32,
     pub channels: u32,
@@ -73,13 +81,54 @@ pub struct AudioSettings {
     pub problem: Option<String>,
 }
 
+/// What can change while running; the threads read it every frame.
+struct Live {
+    video_enabled: AtomicBool,
+    audio_enabled: AtomicBool,
+    fps: AtomicU32,
+    video_bitrate_kbps: AtomicU32,
+    audio_bitrate_kbps: AtomicU32,
+    /// Live constraint changes for the capture thread (which owns the source).
+    apply_tx: Mutex<mpsc::Sender<ApplyCommand>>,
+    camera_online: tokio::sync::watch::Sender<bool>,
+}
+
+struct ApplyCommand {
+    /// Only the keys to change; the capture thread merges them into its current set.
+    change: VideoConstraints,
+    reply: tokio::sync::oneshot::Sender<Result<(u32, u32, u32), ApplyError>>,
+}
+
+/// A live change of what is sent (`apply_constraints`): size/rate constraints for the source,
+/// and bitrates for the encoders. `None` keeps the current value.
+#[derive(Debug, Clone, Default)]
+pub struct Change {
+    pub video: VideoConstraints,
+    pub video_bitrate_kbps: Option<u32>,
+    pub audio_bitrate_kbps: Option<u32>,
+}
+
+impl Change {
+    fn touches_source(&self) -> bool {
+        let v = &self.video;
+        v.width.is_some() || v.height.is_some() || v.frame_rate.is_some() || v.aspect_ratio.is_some() || v.format.is_some()
+    }
+}
+
 pub struct Pipeline {
     pub hub: Arc<Hub>,
     pub stats: Arc<Stats>,
-    pub video: VideoSettings,
-    pub audio: AudioSettings,
+    video: Mutex<VideoSettings>,
+    audio: Mutex<AudioSettings>,
+    live: Arc<Live>,
+    /// One change at a time: a second waits rather than interleaving with the first.
+    applying: tokio::sync::Mutex<()>,
     stop: Arc<AtomicBool>,
     threads: Mutex<Vec<JoinHandle<()>>>,
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
 impl Pipeline {
@@ -94,6 +143,7 @@ impl Pipeline {
         let (sw, sh, sfps) = video_source.settings();
         let video = VideoSettings {
             source: video_source.name(),
+            enabled: true,
             codec: "H264",
             profile_level_id: PROFILE_LEVEL_ID,
             width: sw,
@@ -101,42 +151,118 @@ impl Pipeline {
             fps: sfps,
             bitrate_kbps: v.bitrate_kbps.get(),
             keyframe_interval_s: v.keyframe_interval_s.get(),
-            problem: video_problem,
+            problem: video_source.problem().unwrap_or_else(|| video_problem.into()),
         };
         let audio = AudioSettings {
             source: audio_source.name(),
+            enabled: true,
             codec: "opus",
             sample_rate: 48_000,
             channels: 1,
             bitrate_kbps: config.audio.bitrate_kbps.get(),
             problem: audio_problem,
         };
-        let params = H264Params {
-            width: sw,
-            height: sh,
-            fps: sfps,
-            bitrate_bps: v.bitrate_kbps.get() * 1000,
-            keyframe_interval_frames: sfps * v.keyframe_interval_s.get(),
-        };
+        let (apply_tx, apply_rx) = mpsc::channel();
+        let live = Arc::new(Live {
+            video_enabled: AtomicBool::new(true),
+            audio_enabled: AtomicBool::new(true),
+            fps: AtomicU32::new(sfps),
+            video_bitrate_kbps: AtomicU32::new(v.bitrate_kbps.get()),
+            audio_bitrate_kbps: AtomicU32::new(config.audio.bitrate_kbps.get()),
+            apply_tx: Mutex::new(apply_tx),
+            camera_online: tokio::sync::watch::channel(true).0,
+        });
+        let keyframe_interval_s = v.keyframe_interval_s.get();
+        // The config's size and rate as ideals, plus [video.constraints]: what live changes
+        // are merged into.
+        let constraints = crate::capture::v4l2::CameraRequest::from_config(v).constraints;
 
         let mailbox = Arc::new(Mailbox::default());
         let (recycle_tx, recycle_rx) = mpsc::channel::<VideoFrame>();
         let mut threads = Vec::new();
         threads.push(spawn("capture-video", {
-            let (hub, stop, stats, mailbox) = (hub.clone(), stop.clone(), stats.clone(), mailbox.clone());
-            move || video_capture_loop(video_source, &hub, &stop, &stats, &mailbox, recycle_rx)
+            let (hub, stop, stats, mailbox, live) = (hub.clone(), stop.clone(), stats.clone(), mailbox.clone(), live.clone());
+            move || {
+                let ctl = CaptureControl { live: &live, commands: apply_rx, constraints };
+                video_capture_loop(video_source, &hub, &stop, &stats, &mailbox, recycle_rx, ctl)
+            }
         })?);
         threads.push(spawn("encode-video", {
-            let (hub, stop, stats, mailbox) = (hub.clone(), stop.clone(), stats.clone(), mailbox.clone());
-            move || video_encode_loop(params, &hub, &stop, &stats, &mailbox, recycle_tx)
+            let (hub, stop, stats, mailbox, live) = (hub.clone(), stop.clone(), stats.clone(), mailbox.clone(), live.clone());
+            move || video_encode_loop(keyframe_interval_s, &live, &hub, &stop, &stats, &mailbox, recycle_tx)
         })?);
-        let opus_bps = config.audio.bitrate_kbps.get() * 1000;
         threads.push(spawn("audio", {
-            let (hub, stop) = (hub.clone(), stop.clone());
-            move || audio_loop(audio_source, opus_bps, &hub, &stop)
+            let (hub, stop, live) = (hub.clone(), stop.clone(), live.clone());
+            move || audio_loop(audio_source, &live, &hub, &stop)
         })?);
 
-        Ok(Pipeline { hub, stats, video, audio, stop, threads: Mutex::new(threads) })
+        Ok(Pipeline {
+            hub,
+            stats,
+            video: Mutex::new(video),
+            audio: Mutex::new(audio),
+            live,
+            applying: tokio::sync::Mutex::new(()),
+            stop,
+            threads: Mutex::new(threads),
+        })
+    }
+
+    pub fn video_settings(&self) -> VideoSettings {
+        lock(&self.video).clone()
+    }
+
+    pub fn audio_settings(&self) -> AudioSettings {
+        lock(&self.audio).clone()
+    }
+
+    /// Follows the camera: false while it is gone (viewers see the offline slate).
+    pub fn camera_online(&self) -> tokio::sync::watch::Receiver<bool> {
+        self.live.camera_online.subscribe()
+    }
+
+    /// Applies a live change for everyone; viewers stay connected (a new size makes the encoder
+    /// restart with an IDR). Size and rate go to the source first: if it cannot meet them,
+    /// nothing changes.
+    pub async fn apply(&self, change: Change) -> Result<(), ApplyError> {
+        let _one_at_a_time = self.applying.lock().await;
+        if change.touches_source() {
+            let (reply, answer) = tokio::sync::oneshot::channel();
+            let sent = lock(&self.live.apply_tx).send(ApplyCommand { change: change.video.clone(), reply });
+            if sent.is_err() {
+                return Err(ApplyError::Failed("the video capture thread is not running".into()));
+            }
+            // The capture thread looks at least every IDLE_POLL; a camera reopen takes < 1 s.
+            let (w, h, fps) = match tokio::time::timeout(Duration::from_secs(5), answer).await {
+                Ok(Ok(result)) => result?,
+                _ => return Err(ApplyError::Failed("the video source did not answer within 5 s".into())),
+            };
+            self.live.fps.store(fps, Ordering::Relaxed);
+            let mut v = lock(&self.video);
+            (v.width, v.height, v.fps) = (w, h, fps);
+        }
+        if let Some(kbps) = change.video_bitrate_kbps {
+            self.live.video_bitrate_kbps.store(kbps, Ordering::Relaxed);
+            lock(&self.video).bitrate_kbps = kbps;
+        }
+        if let Some(kbps) = change.audio_bitrate_kbps {
+            self.live.audio_bitrate_kbps.store(kbps, Ordering::Relaxed);
+            lock(&self.audio).bitrate_kbps = kbps;
+        }
+        Ok(())
+    }
+
+    /// Privacy mode: pauses the video (a slate; the camera is not read) or the microphone
+    /// (silence) for every viewer. Returns whether anything changed.
+    pub fn set_enabled(&self, video: bool, enabled: bool) -> bool {
+        let flag = if video { &self.live.video_enabled } else { &self.live.audio_enabled };
+        let changed = flag.swap(enabled, Ordering::SeqCst) != enabled;
+        if video {
+            lock(&self.video).enabled = enabled;
+        } else {
+            lock(&self.audio).enabled = enabled;
+        }
+        changed
     }
 
     /// Stops the threads (they notice within `IDLE_POLL` or one frame). A thread stuck in a
@@ -262,6 +388,45 @@ impl Mailbox {
     }
 }
 
+/// What the capture thread needs for live changes.
+struct CaptureControl<'a> {
+    live: &'a Live,
+    commands: mpsc::Receiver<ApplyCommand>,
+    /// The constraints the source was opened with; changes are merged into them.
+    constraints: VideoConstraints,
+}
+
+impl CaptureControl<'_> {
+    fn serve(&mut self, source: &mut dyn VideoSource) {
+        while let Ok(cmd) = self.commands.try_recv() {
+            let mut next = self.constraints.clone();
+            let c = cmd.change;
+            let keep = |new: Option<NumConstraint>, old: &mut Option<NumConstraint>| {
+                if new.is_some() {
+                    *old = new;
+                }
+            };
+            keep(c.width, &mut next.width);
+            keep(c.height, &mut next.height);
+            keep(c.frame_rate, &mut next.frame_rate);
+            keep(c.aspect_ratio, &mut next.aspect_ratio);
+            if c.format.is_some() {
+                next.format = c.format;
+            }
+            let result = source.apply_constraints(&next).map(|()| {
+                self.constraints = next;
+                let s = source.settings();
+                log::info!("video source {} now delivers {}x{} @ {} fps", source.name(), s.0, s.1, s.2);
+                s
+            });
+            if let Err(e) = &result {
+                log::info!("live constraints not applied: {e}");
+            }
+            let _ = cmd.reply.send(result);
+        }
+    }
+}
+
 fn video_capture_loop(
     mut source: Box<dyn VideoSource>,
     hub: &Hub,
@@ -269,8 +434,8 @@ fn video_capture_loop(
     stats: &Stats,
     mailbox: &Mailbox,
     recycle: mpsc::Receiver<VideoFrame>,
+    mut ctl: CaptureControl<'_>,
 ) {
-    let (w, h, _) = source.settings();
     let mut spare: Option<VideoFrame> = None;
     let mut failing = false;
     // Test hook for the watchdog test: simulate a capture thread wedged in a driver call.
@@ -287,19 +452,32 @@ fn video_capture_loop(
             }
             return;
         }
+        ctl.serve(source.as_mut());
         if !hub.demand.wait_for_viewers(IDLE_POLL) {
+            source.idle();
             continue;
         }
+        let (w, h, _) = source.settings();
         // Reuse buffers: the one the mailbox handed back, or one the encoder finished with.
         let mut frame = spare
             .take()
             .or_else(|| recycle.try_recv().ok())
             .unwrap_or_else(|| VideoFrame::new(w, h));
+        if !ctl.live.video_enabled.load(Ordering::Relaxed) {
+            // Privacy mode: the camera is not read at all; viewers see that it is paused.
+            slate::render(&mut frame, w, h, slate::PAUSED, crate::capture::unix_now_us());
+            if let Some(old) = mailbox.put(frame) {
+                spare = Some(old);
+            }
+            std::thread::sleep(SLATE_PERIOD);
+            continue;
+        }
         match source.next_frame(&mut frame) {
             Ok(()) => {
                 if failing {
                     log::info!("video source {} is delivering again", source.name());
                     failing = false;
+                    ctl.live.camera_online.send_replace(true);
                 }
                 stats.frames_captured.fetch_add(1, Ordering::Relaxed);
                 stats.last_capture_ms.store(frame.capture_unix_us / 1000, Ordering::Relaxed);
@@ -314,6 +492,7 @@ fn video_capture_loop(
                     failing = true;
                 }
                 if let CaptureError::Gone(_) = e {
+                    ctl.live.camera_online.send_if_modified(|online| std::mem::replace(online, false));
                     // The device went away: viewers stay connected and see the slate (a few
                     // frames a second) while the source keeps trying to reopen it.
                     let (sw, sh, _) = source.settings();
@@ -332,7 +511,8 @@ fn video_capture_loop(
 }
 
 fn video_encode_loop(
-    params: H264Params,
+    keyframe_interval_s: u32,
+    live: &Live,
     hub: &Hub,
     stop: &AtomicBool,
     stats: &Stats,
@@ -342,13 +522,28 @@ fn video_encode_loop(
     let mut encoder: Option<H264Encoder> = None;
     let mut gate = KeyframeGate::new(KEYFRAME_MIN_INTERVAL);
     let mut failing = false;
+    let mut camera_h264 = passthrough::CameraH264::default();
     while !stop.load(Ordering::Relaxed) {
         let Some(frame) = mailbox.take(IDLE_POLL) else { continue };
         if hub.demand.viewers() == 0 {
             let _ = recycle.send(frame);
             continue;
         }
-        let frame_params = H264Params { width: frame.width, height: frame.height, ..params };
+        if frame.h264.is_some() {
+            // Camera H.264: passed through, not encoded.
+            camera_h264.publish(&frame, hub, &mut gate, stats);
+            let _ = recycle.send(frame);
+            continue;
+        }
+        // Size from the frame, rate and bitrate as set now: any change restarts the encoder.
+        let fps = live.fps.load(Ordering::Relaxed).max(1);
+        let frame_params = H264Params {
+            width: frame.width,
+            height: frame.height,
+            fps,
+            bitrate_bps: live.video_bitrate_kbps.load(Ordering::Relaxed) * 1000,
+            keyframe_interval_frames: fps * keyframe_interval_s,
+        };
         if encoder.as_ref().map(|e| e.params()) != Some(frame_params) {
             match H264Encoder::new(frame_params) {
                 Ok(e) => {
@@ -429,10 +624,11 @@ impl AudioClock {
     }
 }
 
-fn audio_loop(mut source: Box<dyn AudioSource>, bitrate_bps: u32, hub: &Hub, stop: &AtomicBool) {
+fn audio_loop(mut source: Box<dyn AudioSource>, live: &Live, hub: &Hub, stop: &AtomicBool) {
     // Opus on 20 ms of mono costs well under a millisecond: it shares the capture thread rather
     // than adding a queue between the two.
-    let mut encoder = match OpusEncoder::new(bitrate_bps) {
+    let mut bitrate_kbps = live.audio_bitrate_kbps.load(Ordering::Relaxed);
+    let mut encoder = match OpusEncoder::new(bitrate_kbps * 1000) {
         Ok(e) => e,
         Err(e) => {
             log::error!("{e}; audio is disabled");
@@ -446,9 +642,22 @@ fn audio_loop(mut source: Box<dyn AudioSource>, bitrate_bps: u32, hub: &Hub, sto
         if !hub.demand.wait_for_viewers(IDLE_POLL) {
             continue;
         }
+        let wanted = live.audio_bitrate_kbps.load(Ordering::Relaxed);
+        if wanted != bitrate_kbps {
+            match OpusEncoder::new(wanted * 1000) {
+                Ok(e) => encoder = e,
+                Err(e) => log::warn!("{e}; keeping {bitrate_kbps} kbit/s"),
+            }
+            bitrate_kbps = wanted;
+        }
         let captured = source.next_frame(&mut frame).map_err(|e| e.to_string());
         if captured.is_ok() {
             frame.capture_unix_us = clock.stamp(frame.capture_unix_us);
+            if !live.audio_enabled.load(Ordering::Relaxed) {
+                // Privacy mode: the microphone keeps being read (no overrun when it comes back)
+                // but nothing of it leaves the device.
+                frame.samples.fill(0);
+            }
         }
         match captured.and_then(|()| encoder.encode(&frame)) {
             Ok(unit) => {

@@ -4,8 +4,11 @@
 //! mux in its async API, and a camera behind a port forward or firewall needs exactly one UDP
 //! port. See the README's architecture section.
 
+pub mod control;
 pub mod offer;
+pub mod room;
 pub mod session;
+pub mod talkback;
 
 use crate::codec::h264::PROFILE_LEVEL_ID;
 use crate::config::WebRtcConfig;

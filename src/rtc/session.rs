@@ -5,7 +5,9 @@
 //! A session ends on `DELETE`, on ICE failure (the peer vanished: within `peer_timeout_s`) or
 //! when the peer closes; its viewer count goes with it.
 
+use super::control;
 use super::offer::{self, OfferError};
+use super::room::{Origin, Room, ViewerHandle};
 use super::{h264_capability, opus_capability, RtcEngine};
 use crate::codec::rtp_timestamp;
 use crate::hub::{Hub, Next, Stream, ViewerGuard};
@@ -13,13 +15,20 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use webrtc::data_channel::data_channel_message::DataChannelMessage;
+use webrtc::data_channel::data_channel_state::RTCDataChannelState;
+use webrtc::data_channel::RTCDataChannel;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtcp::payload_feedbacks::full_intra_request::FullIntraRequest;
 use webrtc::rtcp::payload_feedbacks::picture_loss_indication::PictureLossIndication;
 use webrtc::rtp;
+use webrtc::rtp_transceiver::rtp_codec::RTPCodecType;
 use webrtc::rtp_transceiver::rtp_sender::RTCRtpSender;
+use webrtc::rtp_transceiver::rtp_transceiver_direction::RTCRtpTransceiverDirection;
+use webrtc::rtp_transceiver::RTCRtpTransceiverInit;
+use webrtc::track::track_remote::TrackRemote;
 use webrtc::track::track_local::track_local_static_rtp::TrackLocalStaticRTP;
 use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 
@@ -45,6 +54,8 @@ pub struct Session {
     pub created: Instant,
     phase: Arc<watch::Sender<Phase>>,
     _viewer: ViewerGuard,
+    /// The viewer's place in the room (public id, talk-back, events).
+    pub member: ViewerHandle,
 }
 
 /// Where a session is: its send loops start at `Connected` and stop at `Ended`.
@@ -59,13 +70,14 @@ enum Phase {
 pub struct Sessions {
     engine: RtcEngine,
     hub: Arc<Hub>,
+    pub room: Arc<Room>,
     max_viewers: usize,
     live: Mutex<HashMap<String, Arc<Session>>>,
 }
 
 impl Sessions {
-    pub fn new(engine: RtcEngine, hub: Arc<Hub>, max_viewers: usize) -> Arc<Self> {
-        Arc::new(Self { engine, hub, max_viewers, live: Mutex::new(HashMap::new()) })
+    pub fn new(engine: RtcEngine, hub: Arc<Hub>, room: Arc<Room>, max_viewers: usize) -> Arc<Self> {
+        Arc::new(Self { engine, hub, room, max_viewers, live: Mutex::new(HashMap::new()) })
     }
 
     pub fn count(&self) -> usize {
@@ -110,7 +122,14 @@ impl Sessions {
         let mut senders = Vec::new();
         if summary.video.as_ref().is_some_and(|v| v.direction.remote_receives()) {
             let track = Arc::new(TrackLocalStaticRTP::new(h264_capability(), "video".into(), "peercam".into()));
-            let sender = pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal + Send + Sync>).await.map_err(neg)?;
+            // Send-only even when the offer is sendrecv (a PeerJS caller sending its camera):
+            // the device has no use for the viewer's video, so the browser should not upload it.
+            let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Sendonly, send_encodings: vec![] };
+            let transceiver = pc
+                .add_transceiver_from_track(Arc::clone(&track) as Arc<dyn TrackLocal + Send + Sync>, Some(init))
+                .await
+                .map_err(neg)?;
+            let sender = transceiver.sender().await;
             senders.push((track, sender, MediaKind::Video));
         }
         if summary.audio.as_ref().is_some_and(|a| a.direction.remote_receives()) {
@@ -134,13 +153,18 @@ impl Sessions {
             .sdp;
 
         let id = new_id();
+        let member = self.room.join(summary.data_channel);
+        let viewer = member.id;
         let session = Arc::new(Session {
             id: id.clone(),
             pc: Arc::clone(pc),
             created: Instant::now(),
             phase: Arc::clone(&phase_tx),
             _viewer: self.hub.demand.join(),
+            member,
         });
+        attach_talkback(pc, &self.room, viewer);
+        attach_control(pc, &self.room, viewer);
         self.lock().insert(id.clone(), Arc::clone(&session));
 
         // End the session when the peer goes away; start sending once DTLS is up.
@@ -302,6 +326,99 @@ async fn rtcp_loop(hub: Arc<Hub>, sender: Arc<RTCRtpSender>, kind: MediaKind) {
             }
         }
     }
+}
+
+/// The viewer's audio (talk-back) goes to the room, which plays the talker's; remote video (a
+/// PeerJS caller's camera, if it sends despite the sendonly answer) is read and dropped so
+/// nothing queues up.
+fn attach_talkback(pc: &Arc<RTCPeerConnection>, room: &Arc<Room>, viewer: u64) {
+    let room = Arc::downgrade(room);
+    pc.on_track(Box::new(move |track: Arc<TrackRemote>, _, _| {
+        let room = room.clone();
+        tokio::spawn(async move {
+            let audio = track.kind() == RTPCodecType::Audio;
+            if audio {
+                log::debug!("{}: receiving audio ({})", super::room::viewer_label(viewer), track.codec().capability.mime_type);
+            }
+            while let Ok((packet, _)) = track.read_rtp().await {
+                if !audio {
+                    continue;
+                }
+                let Some(room) = room.upgrade() else { return };
+                let h = &packet.header;
+                room.talk_packet(viewer, h.sequence_number, h.timestamp, packet.payload);
+            }
+        });
+        Box::pin(async {})
+    }));
+}
+
+/// The `control` data channel the page opens: requests in, replies and room events out.
+fn attach_control(pc: &Arc<RTCPeerConnection>, room: &Arc<Room>, viewer: u64) {
+    let room = Arc::downgrade(room);
+    pc.on_data_channel(Box::new(move |dc: Arc<RTCDataChannel>| {
+        let room = room.clone();
+        Box::pin(async move {
+            if dc.label() != "control" {
+                log::debug!("{}: ignoring data channel {:?}", super::room::viewer_label(viewer), dc.label());
+                return;
+            }
+            serve_control(dc, room, viewer);
+        })
+    }));
+}
+
+/// Wires one control channel to the room. Used for the page's channel and for PeerJS data
+/// connections (which bring their own framing: see `signal::peerjs`).
+pub fn serve_control(dc: Arc<RTCDataChannel>, room: Weak<Room>, viewer: u64) {
+    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let start = {
+        let (dc, room, started) = (Arc::clone(&dc), room.clone(), Arc::clone(&started));
+        move || {
+            if started.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                return;
+            }
+            let Some(mut events) = room.upgrade().and_then(|r| r.attach_events(viewer)) else { return };
+            let dc = Arc::clone(&dc);
+            tokio::spawn(async move {
+                while let Some(event) = events.recv().await {
+                    if dc.send_text(event.to_string()).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    };
+    let on_open = start.clone();
+    dc.on_open(Box::new(move || {
+        on_open();
+        Box::pin(async {})
+    }));
+    if dc.ready_state() == RTCDataChannelState::Open {
+        start();
+    }
+    let reply_dc = Arc::downgrade(&dc);
+    dc.on_message(Box::new(move |msg: DataChannelMessage| {
+        let (room, dc) = (room.clone(), reply_dc.clone());
+        Box::pin(async move {
+            let (Some(room), Some(dc)) = (room.upgrade(), dc.upgrade()) else { return };
+            let reply = if !msg.is_string {
+                let e = control::ControlError::new("bad_message", "binary messages are not part of the protocol: send JSON text");
+                control::reply_err(&serde_json::Value::Null, &e)
+            } else {
+                match std::str::from_utf8(&msg.data) {
+                    Ok(text) => room.handle_text(Origin::Viewer(viewer), text).await,
+                    Err(_) => control::reply_err(
+                        &serde_json::Value::Null,
+                        &control::ControlError::new("bad_json", "the message is not UTF-8 text"),
+                    ),
+                }
+            };
+            if let Err(e) = dc.send_text(reply).await {
+                log::debug!("control reply not sent: {e}");
+            }
+        })
+    }));
 }
 
 fn new_id() -> String {

@@ -6,6 +6,8 @@ use crate::http::{self, tls, AppState};
 use std::net::SocketAddr;
 use crate::hub::Hub;
 use crate::pipeline::Pipeline;
+use crate::rtc::room::Room;
+use crate::rtc::talkback::speaker::Speaker;
 use crate::rtc::session::Sessions;
 use crate::rtc::RtcEngine;
 use std::sync::Arc;
@@ -48,7 +50,15 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     let hub = Hub::new();
     let pipeline = Arc::new(Pipeline::start(&config, hub.clone()).map_err(anyhow::Error::msg)?);
     let engine = RtcEngine::new(&config.webrtc).await.map_err(anyhow::Error::msg)?;
-    let sessions = Sessions::new(engine, hub, config.webrtc.max_viewers.get() as usize);
+    let speaker = match config.speaker.device.as_str() {
+        "" => {
+            log::info!("talk-back is off ([speaker] device is empty)");
+            None
+        }
+        device => Some(Speaker::new(device, config.speaker.volume_percent.get())),
+    };
+    let room = Room::new(pipeline.clone(), speaker, engine.udp_addr.port());
+    let sessions = Sessions::new(engine, hub, room, config.webrtc.max_viewers.get() as usize);
     let auth = Arc::new(Auth::new(&config.auth));
     if !auth.password_set() {
         log::warn!(
@@ -62,6 +72,7 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
         max_body_bytes: config.http.max_body_bytes.get() as usize,
         auth,
         tls: config.http.tls,
+        peerjs: crate::signal::peerjs::PeerServer::new(&config.peerjs),
     };
     let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let listen = config.http.listen;
@@ -99,9 +110,10 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
     }
 
     log::info!("WebRTC media on UDP {}", sessions.udp_addr());
+    let (video, audio) = (pipeline.video_settings(), pipeline.audio_settings());
     log::info!(
         "video: {} {}x{} @ {} fps; audio: {}",
-        pipeline.video.source, pipeline.video.width, pipeline.video.height, pipeline.video.fps, pipeline.audio.source
+        video.source, video.width, video.height, video.fps, audio.source
     );
     let shown = if local.ip().is_unspecified() {
         format!("{scheme}://localhost:{}/", local.port())

@@ -39,7 +39,10 @@ fn setup() -> &'static PathBuf {
                 dir.join(file).display()
             )
         };
-        let conf = pcm("peercam_test_mic_44k", "tone-44k-stereo.raw") + &pcm("peercam_test_mic_48k", "tone-48k-mono.raw");
+        // A PCM without `plug` in front that takes exactly two channels (alsa-lib's `multi`
+        // plugin fixes the channel count, as a stereo-only USB microphone's hw device does).
+        let two_only = "pcm.peercam_test_mic_2ch_only {\n  type multi\n  slaves.a { pcm { type null } channels 2 }\n  bindings.0 { slave a channel 0 }\n  bindings.1 { slave a channel 1 }\n}\n";
+        let conf = pcm("peercam_test_mic_44k", "tone-44k-stereo.raw") + &pcm("peercam_test_mic_48k", "tone-48k-mono.raw") + two_only;
         let path = dir.join("asound.conf");
         std::fs::write(&path, conf).unwrap();
         // SAFETY: set once, before any thread of this binary calls into alsa-lib (all tests
@@ -149,4 +152,32 @@ fn device_listing_shows_the_configured_pcm_names() {
     setup();
     let names = peercam::capture::devices::list_pcm_names();
     assert!(names.iter().any(|p| p.name == "peercam_test_mic_44k"), "{names:?}");
+}
+
+#[test]
+fn a_pcm_that_refuses_the_channel_count_is_named_with_what_it_offers() {
+    setup();
+    let e = AlsaMic::open(request("peercam_test_mic_2ch_only", 48_000.0, 1.0)).err().expect("must fail");
+    eprintln!("error shown: {e}");
+    assert!(e.contains("peercam_test_mic_2ch_only") && e.contains("channel_count") && e.contains('2'), "{e}");
+    // Without the constraint it opens, in the two channels it takes (downmixed to mono).
+    let req = MicRequest { device: Some(StrConstraint::exact("peercam_test_mic_2ch_only")), constraints: AudioConstraints::default() };
+    let (_mic, opened) = AlsaMic::open(req).unwrap();
+    assert_eq!(opened.channels, 2);
+}
+
+/// Why this rig cannot provoke a capture overrun (xrun): the `null` slave keeps no time, so the
+/// `file` plugin hands over as much as is asked for at once and its buffer never overruns. The
+/// xrun test runs on a real kernel driver instead (snd-aloop in the VM rig, tests/vm).
+#[test]
+fn the_file_plugin_rig_keeps_no_time() {
+    setup();
+    let (mut mic, _) = AlsaMic::open(request("peercam_test_mic_48k", 48_000.0, 1.0)).unwrap();
+    let mut frame = AudioFrame { samples: vec![0; AUDIO_FRAME_SAMPLES], capture_unix_us: 0 };
+    let t0 = std::time::Instant::now();
+    for _ in 0..50 {
+        mic.next_frame(&mut frame).unwrap();
+    }
+    assert!(t0.elapsed() < Duration::from_millis(500), "1 s of audio took {:?}", t0.elapsed());
+    assert_eq!(mic.xruns(), 0);
 }

@@ -122,7 +122,8 @@ function toToml(config) {
 // `config` is merged table by table into DEFAULT_CONFIG. The log goes to artifacts/<name>-service.log.
 // PEERCAM_MOCK=1 starts the Chromium stand-in device instead (mock-device.mjs), to develop the page
 // and these tests without the Rust build.
-export async function startService({ name = 'service', config = {}, readyTimeoutMs = 30000 } = {}) {
+// `env` adds variables to the service's environment (e.g. ALSA_CONFIG_PATH for a file-plugin speaker).
+export async function startService({ name = 'service', config = {}, env = {}, readyTimeoutMs = 30000 } = {}) {
   const merged = structuredClone(DEFAULT_CONFIG);
   for (const [table, kv] of Object.entries(config)) merged[table] = { ...merged[table], ...kv };
   if (process.env.PEERCAM_MOCK === '1') {
@@ -151,7 +152,7 @@ export async function startService({ name = 'service', config = {}, readyTimeout
     stopping = false;
     proc = spawn(BIN, ['run', '--config', configPath], {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', RUST_BACKTRACE: '1' },
+      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', RUST_BACKTRACE: '1', ...env },
     });
     const me = proc;
     children.add(me);
@@ -191,10 +192,42 @@ export async function startService({ name = 'service', config = {}, readyTimeout
 
   onCleanup(async () => { await stop(); log.end(); rmSync(dir, { recursive: true, force: true }); });
   await start();
+  // PEERCAM_WEB_FROM_DISK=1 (page development only): the page's files come from web/ on disk through a
+  // small proxy in front of the device, so a page edit needs no Rust rebuild. Results that count are
+  // taken without it (the binary embeds web/ at build time).
+  if (process.env.PEERCAM_WEB_FROM_DISK === '1') {
+    const proxyUrl = await webFromDisk(() => url);
+    return {
+      get url() { return proxyUrl; }, get proc() { return proc; }, logPath, configPath, start: async () => { await start(); return proxyUrl; }, stop,
+      exited: () => exited, settings: () => getJson(`${url}api/settings`),
+    };
+  }
   return {
     get url() { return url; }, get proc() { return proc; }, logPath, configPath, start, stop,
     exited: () => exited, settings: () => getJson(`${url}api/settings`),
   };
+}
+
+async function webFromDisk(deviceUrl) {
+  const { createServer, request: httpRequest } = await import('node:http');
+  const TYPES = { html: 'text/html; charset=utf-8', js: 'text/javascript; charset=utf-8', css: 'text/css; charset=utf-8' };
+  const server = createServer((req, res) => {
+    const path = new URL(req.url, 'http://x').pathname;
+    const m = /^\/(index\.html|app\.js|style\.css)?$/.exec(path);
+    if (req.method === 'GET' && m) {
+      const file = m[1] || 'index.html';
+      res.writeHead(200, { 'Content-Type': TYPES[file.split('.').pop()], 'Cache-Control': 'no-store' });
+      return res.end(readFileSync(join(ROOT, 'web', file)));
+    }
+    const target = new URL(req.url, deviceUrl());
+    const up = httpRequest(target, { method: req.method, headers: req.headers }, (r) => { res.writeHead(r.statusCode, r.headers); r.pipe(res); });
+    up.on('error', () => { res.writeHead(502); res.end('device unreachable'); });
+    req.pipe(up);
+  });
+  await new Promise((r) => server.listen(0, '127.0.0.1', r));
+  onCleanup(() => new Promise((r) => { server.closeAllConnections(); server.close(r); }));
+  console.log(`     (page served from web/ on disk through http://127.0.0.1:${server.address().port}/)`);
+  return `http://127.0.0.1:${server.address().port}/`;
 }
 
 const tail = (text, lines = 30) => text.split('\n').slice(-lines).join('\n');
@@ -211,13 +244,17 @@ export async function getJson(url) {
 // --user-data-dir (and refuses one in `args`). We drop its default --mute-audio: a muted browser is
 // not what a viewer has, and audio playout is what feeds the receiver's audio level statistics.
 // `autoplay: true` only for tests that are not about autoplay (it hides autoplay failures).
-export async function launchBrowser({ autoplay = true } = {}) {
+// `fakeUi: false` leaves out --use-fake-ui-for-media-stream: headless Chromium then denies microphone
+// requests (what a user who clicks "Block" gets). `extraArgs` are appended.
+export async function launchBrowser({ autoplay = true, fakeUi = true, extraArgs = [] } = {}) {
   const args = [
     '--headless', '--no-sandbox', '--disable-gpu', '--disable-quic', '--no-first-run',
     '--disable-background-networking', '--disable-component-update', '--disable-sync',
-    '--allow-loopback-in-peer-connection', '--use-fake-ui-for-media-stream', '--use-fake-device-for-media-stream',
+    '--allow-loopback-in-peer-connection', '--use-fake-device-for-media-stream',
   ];
+  if (fakeUi) args.push('--use-fake-ui-for-media-stream');
   if (autoplay) args.push('--autoplay-policy=no-user-gesture-required');
+  args.push(...extraArgs);
   const browser = await chromium.launch({
     executablePath: CHROMIUM, headless: true, args, ignoreDefaultArgs: ['--mute-audio'],
   });
@@ -383,4 +420,56 @@ export function checkFrames(t, label, result, { fps, minRatio = 0.8, maxLatencyM
   t.check(lat.length > 0 && lo >= -50 && hi <= maxLatencyMs, `${label}: latency within ${maxLatencyMs} ms of now`,
     `p50 ${percentile(lat, 50)} ms, p90 ${percentile(lat, 90)} ms, p99 ${percentile(lat, 99)} ms, min ${lo}, max ${hi}`);
   return { lat, frames: result.frames, seconds };
+}
+
+// ---- the control channel (src/rtc/CONTROL.md) -------------------------------------------------
+
+// Polls `fn(arg)` in the page until it returns something truthy; resolves { value, ms } or throws.
+export async function waitFor(page, fn, arg, { timeoutMs = 5000, what = 'condition', intervalMs = 20 } = {}) {
+  const t0 = Date.now();
+  for (;;) {
+    const value = await evaluate(page, fn, arg);
+    if (value) return { value, ms: Date.now() - t0 };
+    if (Date.now() - t0 > timeoutMs) throw new Error(`${what}: not within ${timeoutMs} ms`);
+    await sleep(intervalMs);
+  }
+}
+
+// Waits for the page's control channel to be open and the device's 'hello' (our viewer id).
+export async function waitForControl(page, timeoutMs = 10000) {
+  const r = await waitFor(page, () => window.peercam?.control === 'open' && window.peercam.viewerId &&
+    { viewerId: window.peercam.viewerId, viewers: window.peercam.viewers },
+  undefined, { timeoutMs, what: 'control channel open + hello' }).catch(async (err) => {
+    const st = await evaluate(page, () => ({ control: window.peercam?.control, state: window.peercam?.state, events: window.peercam?.events }));
+    throw new Error(`${err.message}: ${JSON.stringify(st)}`);
+  });
+  return { ...r.value, ms: r.ms };
+}
+
+// One request through the page's helper: resolves the device's reply ({ok, result} / {ok: false, error}).
+export const request = (page, msg, timeoutMs = 5000) =>
+  evaluate(page, ([m, t]) => window.peercam.request(m, t), [msg, timeoutMs]);
+
+// Events the page has seen (optionally only those named `name`).
+export const pageEvents = (page, name) => evaluate(page, (n) => window.peercam.events.filter((e) => !n || e.event === n), name);
+
+// Waits until the page has seen an event matching `pred` (a function source run in the page on each event).
+export async function waitForEvent(page, name, pred = 'true', timeoutMs = 5000) {
+  const r = await waitFor(page, ([n, p]) => {
+    const test = new Function('e', `return (${p});`);
+    return window.peercam.events.find((e) => e.event === n && test(e)) || null;
+  }, [name, pred], { timeoutMs, what: `event ${name} where ${pred}` });
+  return { event: r.value, ms: r.ms };
+}
+
+// HTTP POST of JSON to the device: { status, body (parsed if JSON) }.
+export async function postJson(url, body) {
+  const res = await fetch(url, {
+    method: 'POST', headers: { 'Content-Type': 'application/json' }, body: JSON.stringify(body),
+    signal: AbortSignal.timeout(5000),
+  });
+  const text = await res.text();
+  let parsed = text;
+  try { parsed = JSON.parse(text); } catch { /* not JSON */ }
+  return { status: res.status, body: parsed };
 }

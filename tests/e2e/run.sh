@@ -1,11 +1,12 @@
 #!/bin/sh
 # Browser end-to-end tests for peercam.
-#   tests/e2e/run.sh [watch multi autoplay reconnect]   (default: all; needs root for unshare)
+#   tests/e2e/run.sh [watch multi autoplay reconnect talk control]   (default: all; needs root for unshare)
 # Each test runs in its own loopback-only network namespace, and in its own PID namespace so that
 # nothing it started (the peercam service, Chromium) survives it, whatever happens. The test script
 # spawns the service itself, so the device and the browser share that namespace.
 # Env: PEERCAM_BIN (default <repo>/target/release/peercam), CHROMIUM (default /usr/bin/chromium),
-#      PEERCAM_MOCK=1 (use the Chromium stand-in device instead of the binary), E2E_TIMEOUT (s, per test).
+#      PEERCAM_MOCK=1 (use the Chromium stand-in device instead of the binary), E2E_TIMEOUT (s, per test),
+#      PEERCAM_WEB_FROM_DISK=1 (serve web/ from disk through a proxy: page development without a rebuild).
 set -eu
 case "${PEERCAM_BIN:-/}" in /*) ;; *) PEERCAM_BIN="$PWD/$PEERCAM_BIN" ;; esac   # relative to the caller's cwd
 cd "$(dirname "$0")"
@@ -22,7 +23,7 @@ fi
 mkdir -p artifacts
 
 passed=0; failed=0; failures=""
-for t in ${*:-watch multi autoplay reconnect}; do
+for t in ${*:-watch multi autoplay reconnect talk control}; do
   echo "=== $t"
   # timeout signals unshare; --kill-child then kills the namespace's init (node), and with it every
   # process in the PID namespace.

@@ -20,7 +20,7 @@ if [ -z "${PEERCAM_CMD:-}" ] && [ -z "${PEERCAM_URL:-}" ]; then
   fi
 fi
 
-tests=${*:-whep_aiortc bad_input vanish}
+tests=${*:-whep_aiortc bad_input vanish talkback_aiortc}
 passed=0
 failed=0
 failed_names=""

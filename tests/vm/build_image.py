@@ -1,13 +1,14 @@
 #!/usr/bin/env python3
 """Builds the rig-3 initramfs (gzip'd newc cpio) without root, cpio or mknod.
 
-  build_image.py --kernel-root DIR --busybox FILE --aplay FILE --peercam FILE --out FILE
+  build_image.py --kernel-root DIR --busybox FILE --aplay FILE --peercam FILE --hold FILE --out FILE
 
 DIR is a Debian arm64 linux-image .deb extracted with `dpkg -x` (lib/modules/<version>/...).
 Puts in: busybox (+ /init = tests/vm/guest-init.sh), the modules vivid, snd-aloop, virtio_mmio,
 virtio_net with everything they depend on (from `depmod -b`'s modules.dep) and a modules.dep
 for that subset, peercam and aplay with every shared library they need (resolved through the
-aarch64 multiarch directories, ELF NEEDED entries read with aarch64-linux-gnu-readelf),
+aarch64 multiarch directories, ELF NEEDED entries read with aarch64-linux-gnu-readelf), the static
+v4l2-hold (tests/vm/v4l2-hold.c),
 /usr/share/alsa, and a 440 Hz stereo tone for aplay.
 """
 
@@ -155,6 +156,7 @@ def main() -> None:
     ap.add_argument("--busybox", required=True)
     ap.add_argument("--aplay", required=True)
     ap.add_argument("--peercam", required=True)
+    ap.add_argument("--hold", required=True, help="static aarch64 v4l2-hold (tests/vm/v4l2-hold.c)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as root:
@@ -167,6 +169,7 @@ def main() -> None:
         kv = modules(a.kernel_root, root)
         copy_with_libs(a.peercam, "usr/bin/peercam", root)
         copy_with_libs(a.aplay, "usr/bin/aplay", root)
+        shutil.copy2(a.hold, os.path.join(root, "usr/bin/v4l2-hold"))
         shutil.copytree("/usr/share/alsa", os.path.join(root, "usr/share/alsa"), symlinks=True)
         tone(os.path.join(root, "tone-440.raw"))
         cpio_newc(root, a.out)

@@ -95,11 +95,16 @@ if [ -z "${PEERCAM_AARCH64_BIN:-}" ]; then
 fi
 [ -x "$bin" ] || fail "no aarch64 binary at $bin"
 
-# 4. the initramfs
+# 4. the initramfs, with v4l2-hold (a second program streaming the camera: busy device, idle
+#    stream-off), built static for aarch64
+hold="$work/v4l2-hold"
+if [ ! -x "$hold" ] || [ "$here/v4l2-hold.c" -nt "$hold" ]; then
+    aarch64-linux-gnu-gcc -static -O2 -Wall -o "$hold" "$here/v4l2-hold.c" || fail "cannot build v4l2-hold"
+fi
 initrd="$work/initrd.gz"
-if [ ! -f "$initrd" ] || [ -n "$(find "$bin" "$here/guest-init.sh" "$here/build_image.py" -newer "$initrd" -print -quit)" ]; then
+if [ ! -f "$initrd" ] || [ -n "$(find "$bin" "$hold" "$here/guest-init.sh" "$here/build_image.py" -newer "$initrd" -print -quit)" ]; then
     log "building $initrd"
-    python3 "$here/build_image.py" --kernel-root "$kroot" --busybox "$busybox" --aplay "$aplay" --peercam "$bin" --out "$initrd"
+    python3 "$here/build_image.py" --kernel-root "$kroot" --busybox "$busybox" --aplay "$aplay" --peercam "$bin" --hold "$hold" --out "$initrd"
 fi
 
 # 5. the test, with aiortc from the interop venv
