@@ -345,6 +345,8 @@ function closeControl() {
   peercam.control = 'closed';
   for (const [id, p] of pending) { clearTimeout(p.timer); p.reject(new Error('Connection to the camera lost')); pending.delete(id); }
   if (peercam.talking || wantTalk) talkStopped();
+  peercam.viewerId = null;
+  setViewers(null);
   setTalker(null);
 }
 

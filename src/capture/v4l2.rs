@@ -246,14 +246,13 @@ impl V4l2Camera {
             self.next_retry = Instant::now();
             return;
         }
-        if self.link.take_idr_request() {
-            if let Some(open) = self.open.as_ref() {
-                if let Some(id) = open.force_key_frame {
-                    let c = v4l::control::Control { id, value: v4l::control::Value::None };
-                    if let Err(e) = open.dev.set_control(c) {
-                        log::debug!("{}: force-key-frame failed: {e}", self.label);
-                    }
-                }
+        if self.link.take_idr_request()
+            && let Some(open) = self.open.as_ref()
+            && let Some(id) = open.force_key_frame
+        {
+            let c = v4l::control::Control { id, value: v4l::control::Value::None };
+            if let Err(e) = open.dev.set_control(c) {
+                log::debug!("{}: force-key-frame failed: {e}", self.label);
             }
         }
     }
@@ -531,7 +530,8 @@ pub fn busy_message(id: &str, path: &str) -> String {
         let list: Vec<String> = holders.iter().map(|(pid, comm)| format!("{comm} (pid {pid})")).collect();
         format!("it is in use by {}", list.join(", "))
     };
-    format!("camera {id} ({path}) is busy: {who}; peercam keeps trying and takes it when it is free")
+    let name = if id == path { path.to_string() } else { format!("{id} ({path})") };
+    format!("camera {name} is busy: {who}; peercam keeps trying and takes it when it is free")
 }
 
 /// The processes (pid, command name) other than this one with `node` open, from /proc.

@@ -88,10 +88,10 @@ async fn guard(State(app): State<AppState>, ConnectInfo(peer): ConnectInfo<Socke
     let mut decision = app.auth.decide(peer.ip(), cookie, bearer(headers));
     // Browsers cannot set headers on a WebSocket: PeerJS clients may pass a bearer token as their
     // PeerJS `key` instead (see `peerjs::key_in_request`).
-    if decision == Decision::NeedsLogin {
-        if let Some(key) = crate::signal::peerjs::key_in_request(req.uri()) {
-            decision = app.auth.decide(peer.ip(), cookie, Some(&key));
-        }
+    if decision == Decision::NeedsLogin
+        && let Some(key) = crate::signal::peerjs::key_in_request(req.uri())
+    {
+        decision = app.auth.decide(peer.ip(), cookie, Some(&key));
     }
     match decision {
         Decision::Allow => next.run(req).await,

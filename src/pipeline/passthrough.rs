@@ -96,9 +96,9 @@ impl CameraH264 {
 #[cfg(test)]
 mod tests {
     //! The encode thread's passthrough fed as the V4L2 camera feeds it: the real x264 fixture
-    //! (tests/fixtures/h264), one access unit per frame. No kernel driver here produces H.264
-    //! capture (vivid and vicodec do not; v4l2loopback is out of tree), so this is where the
-    //! camera-to-hub path is tested.
+    //! (tests/fixtures/h264), one access unit per frame. The same stream through a real V4L2
+    //! device (v4l2loopback, out of tree) is decoded by aiortc in the VM rig (tests/vm); the IDR
+    //! request path is tested here, as v4l2loopback has no force-key-frame control.
     use super::*;
     use crate::capture::{CameraH264 as Meta, CameraLink};
     use crate::codec::passthrough::access_units;

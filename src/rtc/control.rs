@@ -156,7 +156,12 @@ pub fn parse(text: &str) -> (Value, Result<Request, ControlError>) {
         return (Value::Null, Err(ControlError::new("bad_message", "a message is a JSON object")));
     };
     let id = match obj.remove("id") {
-        None => Value::Null,
+        None => {
+            // Checked after the rest, so a message with several faults names the main one.
+            let result = parse_object(obj)
+                .and_then(|_| Err(ControlError::field("id", "missing (a number or string echoed in the reply)")));
+            return (Value::Null, result);
+        }
         Some(Value::Number(n)) => Value::Number(n),
         Some(Value::String(s)) if s.chars().count() <= MAX_ID_CHARS => Value::String(s),
         Some(_) => {
@@ -241,15 +246,18 @@ fn parse_object(mut obj: Map<String, Value>) -> Result<Request, ControlError> {
 
 /// Deserializes a request body, naming the offending field in the error.
 pub fn from_body<T: for<'de> Deserialize<'de>>(body: Value) -> Result<T, ControlError> {
-    serde_json::from_value(body).map_err(|e| {
-        let msg = e.to_string();
-        // serde_json's messages name the field ("unknown field `x`", "missing field `y`").
-        let field = msg.split('`').nth(1).map(str::to_string);
-        let mut err = ControlError::new("bad_message", msg);
-        if let Some(f) = field {
-            err = err.with("field", json!(f));
-        }
-        err
+    serde_path_to_error::deserialize(body).map_err(|e| {
+        let path = e.path().to_string();
+        let msg = e.inner().to_string();
+        // A missing or unknown field is named in the message ("missing field `y`"); a bad value
+        // by its path (`video.width`).
+        let named = (msg.starts_with("missing field") || msg.starts_with("unknown field"))
+            .then(|| msg.split('`').nth(1))
+            .flatten()
+            .map(|f| if path == "." { f.to_string() } else { format!("{path}.{f}") });
+        let field = named.unwrap_or(path);
+        let message = if field == "." { msg } else { format!("{field}: {msg}") };
+        ControlError::new("bad_message", message).with("field", json!(field))
     })
 }
 
@@ -311,9 +319,9 @@ mod tests {
 
         let r = parse(r#"{"v":1,"id":1,"type":"set_track_enabled","kind":"audio","enabled":false}"#).1.unwrap();
         assert_eq!(r, Request::SetTrackEnabled(TrackEnabled { kind: TrackKind::Audio, enabled: false }));
-        assert_eq!(parse(r#"{"v":1,"type":"talk","action":"release"}"#).1.unwrap(), Request::Talk(TalkAction::Release));
+        assert_eq!(parse(r#"{"v":1,"id":2,"type":"talk","action":"release"}"#).1.unwrap(), Request::Talk(TalkAction::Release));
         assert_eq!(
-            parse(r#"{"v":1,"type":"chat","text":"  hi  ","name":"Mum\u0007"}"#).1.unwrap(),
+            parse(r#"{"v":1,"id":3,"type":"chat","text":"  hi  ","name":"Mum\u0007"}"#).1.unwrap(),
             Request::Chat { text: "hi".into(), name: Some("Mum".into()) }
         );
     }
@@ -338,8 +346,14 @@ mod tests {
         assert_eq!(code(&format!(r#"{{"v":1,"type":"chat","text":"{}"}}"#, "x".repeat(600))), "bad_message");
         assert_eq!(code(&format!(r#"{{"v":1,"type":"chat","text":"{}"}}"#, "x".repeat(20_000))), "too_large");
         // The field is named.
-        let e = parse(r#"{"v":1,"type":"set_track_enabled","kind":"video"}"#).1.unwrap_err();
+        let e = parse(r#"{"v":1,"id":1,"type":"set_track_enabled","kind":"video"}"#).1.unwrap_err();
         assert_eq!(e.to_json()["field"], json!("enabled"));
+        let e = parse(r#"{"v":1,"id":1,"type":"set_track_enabled","kind":"screen","enabled":true}"#).1.unwrap_err();
+        assert_eq!(e.to_json()["field"], json!("kind"));
+        let e = parse(r#"{"v":1,"id":1,"type":"apply_constraints","video":{"width":"wide"}}"#).1.unwrap_err();
+        assert_eq!(e.to_json()["field"], json!("video.width"));
+        let e = parse(r#"{"v":1,"type":"get_settings"}"#).1.unwrap_err();
+        assert_eq!(e.to_json()["field"], json!("id"));
         // A bad id cannot be echoed.
         let (id, r) = parse(r#"{"v":1,"id":{"x":1},"type":"get_settings"}"#);
         assert_eq!(id, Value::Null);

@@ -118,6 +118,8 @@ impl RtcEngine {
         // mDNS candidates need a multicast socket (absent in namespaces and some images); the
         // device's page is reached by address anyway.
         settings.set_ice_multicast_dns_mode(MulticastDnsMode::Disabled);
+        // Data channels are read by `session::pump` (see there why).
+        settings.detach_data_channels();
         settings.set_include_loopback_candidate(cfg.include_loopback);
         settings.set_network_types(match cfg.udp_bind {
             IpAddr::V4(_) => vec![NetworkType::Udp4],

@@ -156,6 +156,30 @@ pub fn inspect(sdp: &str) -> Result<OfferSummary, OfferError> {
 }
 
 /// Error text safe for a log line and a response: no control characters, bounded length.
+/// The offer as the device's WebRTC stack should read it: a video m-line that would also *send*
+/// video (a PeerJS caller sharing its camera) is read as receive-only. The device never wants
+/// a viewer's video, and webrtc-rs only pairs a sendrecv remote line with a local transceiver
+/// that receives — it would then not send the camera at all. Answered `sendonly`, the browser
+/// does not upload its video either.
+pub fn video_as_recvonly(sdp: &str) -> String {
+    let mut out = String::with_capacity(sdp.len());
+    let mut in_video = false;
+    for line in sdp.split_inclusive('\n') {
+        let bare = line.trim_end_matches(['\r', '\n']);
+        if let Some(m) = bare.strip_prefix("m=") {
+            in_video = m.starts_with("video ");
+        }
+        if in_video && (bare == "a=sendrecv" || bare == "a=sendonly") {
+            let to = if bare == "a=sendrecv" { "a=recvonly" } else { "a=inactive" };
+            out.push_str(to);
+            out.push_str(&line[bare.len()..]);
+        } else {
+            out.push_str(line);
+        }
+    }
+    out
+}
+
 fn printable(s: &str) -> String {
     let mut out: String = s.chars().map(|c| if c.is_control() { ' ' } else { c }).take(200).collect();
     if s.chars().count() > 200 {
@@ -255,6 +279,20 @@ mod tests {
     }
 
     /// Real offers captured from Chromium and aiortc (see tests/fixtures/offers/README.md).
+    #[test]
+    fn sendrecv_video_is_read_as_recvonly_and_audio_is_untouched() {
+        let sdp = "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendrecv\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=sendrecv\r\na=mid:1\r\n";
+        let got = video_as_recvonly(sdp);
+        assert_eq!(
+            got,
+            "v=0\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=sendrecv\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=recvonly\r\na=mid:1\r\n"
+        );
+        let summary = inspect(&video_as_recvonly(&std::fs::read_to_string(
+            concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/offers/chromium_recvonly.sdp"),
+        ).unwrap())).unwrap();
+        assert_eq!(summary.video.unwrap().direction, Direction::RecvOnly);
+    }
+
     #[test]
     fn real_offers() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/offers");

@@ -36,6 +36,20 @@ use webrtc::track::track_local::{TrackLocal, TrackLocalWriter};
 /// take milliseconds; this bounds a slow STUN server.
 const GATHER_TIMEOUT: Duration = Duration::from_secs(3);
 
+/// Serves a data channel of a data-only session: `(channel, room, viewer id)`.
+pub type DataHandler = Arc<dyn Fn(Arc<RTCDataChannel>, Weak<Room>, u64) + Send + Sync>;
+
+/// What a peer connection is for.
+pub enum Purpose {
+    /// Watch and listen (WHEP, the page): media, talk-back, `control` channel.
+    Watch,
+    /// A PeerJS call: media and talk-back. Its data channel (PeerJS opens one to notice the
+    /// call closing) is not a control channel, so the caller talks by sending audio.
+    Call,
+    /// Data only (a PeerJS `connect`): no media, so the encoders are not started for it.
+    Data(DataHandler),
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum SessionError {
     #[error("{0}")]
@@ -53,7 +67,7 @@ pub struct Session {
     pub pc: Arc<RTCPeerConnection>,
     pub created: Instant,
     phase: Arc<watch::Sender<Phase>>,
-    _viewer: ViewerGuard,
+    _viewer: Option<ViewerGuard>,
     /// The viewer's place in the room (public id, talk-back, events).
     pub member: ViewerHandle,
 }
@@ -92,16 +106,36 @@ impl Sessions {
         self.live.lock().unwrap_or_else(|e| e.into_inner())
     }
 
-    /// Answers an offer: checks it, builds the peer connection, waits for the device's
+    /// Answers a WHEP offer: checks it, builds the peer connection, waits for the device's
     /// candidates and returns `(session id, answer SDP)`.
     pub async fn answer(self: &Arc<Self>, offer_sdp: String) -> Result<(String, String), SessionError> {
-        let summary = offer::inspect(&offer_sdp)?;
+        self.answer_for(offer_sdp, Purpose::Watch).await.map(|(id, answer, _)| (id, answer))
+    }
+
+    /// Answers an offer made for `purpose`; also returns the peer connection (PeerJS adds the
+    /// browser's trickled candidates to it).
+    pub async fn answer_for(
+        self: &Arc<Self>,
+        offer_sdp: String,
+        purpose: Purpose,
+    ) -> Result<(String, String, Arc<RTCPeerConnection>), SessionError> {
+        let summary = match (offer::inspect(&offer_sdp), &purpose) {
+            (Err(OfferError::NoMedia), Purpose::Data(_)) if offer_sdp.contains("m=application") => {
+                offer::OfferSummary { video: None, audio: None, data_channel: true }
+            }
+            (Err(e), _) => return Err(e.into()),
+            (Ok(s), Purpose::Data(_)) if s.video.is_none() && s.audio.is_none() && s.data_channel => s,
+            (Ok(_), Purpose::Data(_)) => {
+                return Err(SessionError::Negotiation("a data connection's offer carries audio or video".into()));
+            }
+            (Ok(s), _) => s,
+        };
         if self.count() >= self.max_viewers {
             return Err(SessionError::Full(self.max_viewers));
         }
         let pc = self.engine.new_peer_connection().await.map_err(SessionError::Internal)?;
-        match self.negotiate(&pc, offer_sdp, &summary).await {
-            Ok((id, answer)) => Ok((id, answer)),
+        match self.negotiate(&pc, offer_sdp, &summary, purpose).await {
+            Ok((id, answer)) => Ok((id, answer, pc)),
             Err(e) => {
                 let _ = pc.close().await;
                 Err(e)
@@ -114,6 +148,7 @@ impl Sessions {
         pc: &Arc<RTCPeerConnection>,
         offer_sdp: String,
         summary: &offer::OfferSummary,
+        purpose: Purpose,
     ) -> Result<(String, String), SessionError> {
         let neg = |e: webrtc::Error| SessionError::Negotiation(e.to_string());
         let (phase_tx, phase_rx) = watch::channel(Phase::Negotiating);
@@ -138,7 +173,7 @@ impl Sessions {
             senders.push((track, sender, MediaKind::Audio));
         }
 
-        let offer = RTCSessionDescription::offer(offer_sdp).map_err(neg)?;
+        let offer = RTCSessionDescription::offer(offer::video_as_recvonly(&offer_sdp)).map_err(neg)?;
         pc.set_remote_description(offer).await.map_err(neg)?;
         let answer = pc.create_answer(None).await.map_err(neg)?;
         let mut gathered = pc.gathering_complete_promise().await;
@@ -153,18 +188,32 @@ impl Sessions {
             .sdp;
 
         let id = new_id();
-        let member = self.room.join(summary.data_channel);
+        let member = self.room.join(matches!(purpose, Purpose::Watch) && summary.data_channel);
         let viewer = member.id;
+        let watching = !matches!(purpose, Purpose::Data(_));
         let session = Arc::new(Session {
             id: id.clone(),
             pc: Arc::clone(pc),
             created: Instant::now(),
             phase: Arc::clone(&phase_tx),
-            _viewer: self.hub.demand.join(),
+            // Only sessions with media make the encoders run.
+            _viewer: watching.then(|| self.hub.demand.join()),
             member,
         });
-        attach_talkback(pc, &self.room, viewer);
-        attach_control(pc, &self.room, viewer);
+        match purpose {
+            Purpose::Watch => {
+                attach_talkback(pc, &self.room, viewer);
+                attach_control(pc, &self.room, viewer);
+            }
+            Purpose::Call => attach_talkback(pc, &self.room, viewer),
+            Purpose::Data(handler) => {
+                let room = Arc::downgrade(&self.room);
+                pc.on_data_channel(Box::new(move |dc: Arc<RTCDataChannel>| {
+                    handler(dc, room.clone(), viewer);
+                    Box::pin(async {})
+                }));
+            }
+        }
         self.lock().insert(id.clone(), Arc::clone(&session));
 
         // End the session when the peer goes away; start sending once DTLS is up.
@@ -368,20 +417,66 @@ fn attach_control(pc: &Arc<RTCPeerConnection>, room: &Arc<Room>, viewer: u64) {
     }));
 }
 
-/// Wires one control channel to the room. Used for the page's channel and for PeerJS data
-/// connections (which bring their own framing: see `signal::peerjs`).
-pub fn serve_control(dc: Arc<RTCDataChannel>, room: Weak<Room>, viewer: u64) {
-    let started = Arc::new(std::sync::atomic::AtomicBool::new(false));
-    let start = {
-        let (dc, room, started) = (Arc::clone(&dc), room.clone(), Arc::clone(&started));
-        move || {
-            if started.swap(true, std::sync::atomic::Ordering::SeqCst) {
-                return;
+/// What to do with one incoming data channel message.
+pub type MessageFn = Arc<dyn Fn(DataChannelMessage) -> std::pin::Pin<Box<dyn std::future::Future<Output = ()> + Send>> + Send + Sync>;
+
+/// Once the channel is open: runs `on_open`, then hands every message to `on_message`, in order.
+///
+/// Reads the channel itself (channels are detached, see `rtc`): webrtc 0.17's own read loop
+/// takes an empty message for the end of the channel and stops reading, so one empty `send('')`
+/// would silence a viewer's control channel for good.
+pub fn pump(dc: Arc<RTCDataChannel>, on_open: impl FnOnce() + Send + 'static, on_message: MessageFn) {
+    let once: Arc<Mutex<Option<Box<dyn FnOnce() + Send>>>> = Arc::new(Mutex::new(Some(Box::new(on_open))));
+    let start = move |dc: Arc<RTCDataChannel>| {
+        let Some(opened) = once.lock().unwrap_or_else(|e| e.into_inner()).take() else { return };
+        opened();
+        let on_message = on_message.clone();
+        tokio::spawn(async move {
+            let raw = match dc.detach().await {
+                Ok(raw) => raw,
+                Err(e) => {
+                    log::warn!("data channel {:?}: cannot read it: {e}", dc.label());
+                    return;
+                }
+            };
+            // SCTP hands over whole messages; peers keep to 64 KiB (no max-message-size offered).
+            let mut buf = vec![0u8; 256 * 1024];
+            loop {
+                match raw.read_data_channel(&mut buf).await {
+                    Ok((0, false)) => break, // end of the channel (an empty *binary* message looks the same)
+                    Ok((n, is_string)) => {
+                        on_message(DataChannelMessage { is_string, data: bytes::Bytes::copy_from_slice(&buf[..n]) }).await
+                    }
+                    Err(e) => {
+                        log::debug!("data channel {:?} ended: {e}", dc.label());
+                        break;
+                    }
+                }
             }
+        });
+    };
+    let on_open_dc = Arc::downgrade(&dc);
+    let start2 = start.clone();
+    dc.on_open(Box::new(move || {
+        if let Some(dc) = on_open_dc.upgrade() {
+            start2(dc);
+        }
+        Box::pin(async {})
+    }));
+    if dc.ready_state() == RTCDataChannelState::Open {
+        start(dc);
+    }
+}
+
+/// Wires one control channel to the room: requests in, replies and room events out.
+pub fn serve_control(dc: Arc<RTCDataChannel>, room: Weak<Room>, viewer: u64) {
+    let opened = {
+        let (dc, room) = (Arc::downgrade(&dc), room.clone());
+        move || {
             let Some(mut events) = room.upgrade().and_then(|r| r.attach_events(viewer)) else { return };
-            let dc = Arc::clone(&dc);
             tokio::spawn(async move {
                 while let Some(event) = events.recv().await {
+                    let Some(dc) = dc.upgrade() else { return };
                     if dc.send_text(event.to_string()).await.is_err() {
                         break;
                     }
@@ -389,16 +484,8 @@ pub fn serve_control(dc: Arc<RTCDataChannel>, room: Weak<Room>, viewer: u64) {
             });
         }
     };
-    let on_open = start.clone();
-    dc.on_open(Box::new(move || {
-        on_open();
-        Box::pin(async {})
-    }));
-    if dc.ready_state() == RTCDataChannelState::Open {
-        start();
-    }
     let reply_dc = Arc::downgrade(&dc);
-    dc.on_message(Box::new(move |msg: DataChannelMessage| {
+    let on_message: MessageFn = Arc::new(move |msg: DataChannelMessage| {
         let (room, dc) = (room.clone(), reply_dc.clone());
         Box::pin(async move {
             let (Some(room), Some(dc)) = (room.upgrade(), dc.upgrade()) else { return };
@@ -418,7 +505,8 @@ pub fn serve_control(dc: Arc<RTCDataChannel>, room: Weak<Room>, viewer: u64) {
                 log::debug!("control reply not sent: {e}");
             }
         })
-    }));
+    });
+    pump(dc, opened, on_message);
 }
 
 fn new_id() -> String {

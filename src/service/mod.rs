@@ -66,13 +66,23 @@ pub async fn run(config: Config) -> anyhow::Result<()> {
              Run `peercam hash-password` and put the result in [auth] password_hash"
         );
     }
+    let peerjs = crate::signal::peerjs::PeerServer::new(&config.peerjs);
+    if peerjs.enabled() {
+        // The device answers PeerJS calls and data connections under its own ID.
+        match peerjs.attach_local(&peerjs.device_id()) {
+            Ok(me) => {
+                tokio::spawn(crate::signal::peerjs::device::run(me, sessions.clone()));
+            }
+            Err(e) => log::error!("peerjs: the device cannot be peer {:?}: {e}", peerjs.device_id()),
+        }
+    }
     let state = AppState {
         sessions: sessions.clone(),
         pipeline: pipeline.clone(),
         max_body_bytes: config.http.max_body_bytes.get() as usize,
         auth,
         tls: config.http.tls,
-        peerjs: crate::signal::peerjs::PeerServer::new(&config.peerjs),
+        peerjs: peerjs.clone(),
     };
     let app = http::router(state).into_make_service_with_connect_info::<SocketAddr>();
     let listen = config.http.listen;

@@ -1,7 +1,7 @@
 #!/bin/sh
 # PeerJS signaling tests (the device as a PeerServer): the real `peerjs` client, served by the
 # device itself, in headless Chromium, plus a raw WebSocket client for malformed input.
-#   tests/peerjs/run.sh [peers errors raw auth demo]   (default: all; needs root for unshare)
+#   tests/peerjs/run.sh [peers errors raw auth demo device]   (default: all; needs root for unshare)
 # Like tests/e2e: each test runs the service and the browser in its own loopback-only network
 # namespace and PID namespace (nothing outlives it). Reuses tests/e2e/lib.mjs (and its npm deps).
 # Env: PEERCAM_BIN (default <repo>/target/release/peercam), CHROMIUM (default /usr/bin/chromium),
@@ -25,7 +25,7 @@ if ! grep -q "peerjs" "$ROOT/web-vendor/node_modules/peerjs/package.json" 2>/dev
 fi
 
 passed=0; failed=0; failures=""
-for t in ${*:-peers errors raw auth demo}; do
+for t in ${*:-peers errors raw auth demo device}; do
   echo "=== peerjs/$t"
   if timeout -k 5 "${E2E_TIMEOUT:-180}" unshare --net --pid --fork --kill-child --mount-proc \
       sh -c 'ip link set lo up && exec node "$0.mjs"' "$t"; then

@@ -1,14 +1,16 @@
 #!/usr/bin/env python3
 """Builds the rig-3 initramfs (gzip'd newc cpio) without root, cpio or mknod.
 
-  build_image.py --kernel-root DIR --busybox FILE --aplay FILE --peercam FILE --hold FILE --out FILE
+  build_image.py --kernel-root DIR --busybox FILE --aplay FILE --peercam FILE --hold FILE --feed FILE
+                 --extra-module KO --h264 FILE --out FILE
 
 DIR is a Debian arm64 linux-image .deb extracted with `dpkg -x` (lib/modules/<version>/...).
 Puts in: busybox (+ /init = tests/vm/guest-init.sh), the modules vivid, snd-aloop, virtio_mmio,
 virtio_net with everything they depend on (from `depmod -b`'s modules.dep) and a modules.dep
 for that subset, peercam and aplay with every shared library they need (resolved through the
 aarch64 multiarch directories, ELF NEEDED entries read with aarch64-linux-gnu-readelf), the static
-v4l2-hold (tests/vm/v4l2-hold.c),
+v4l2-hold and h264-feed (tests/vm/*.c), out-of-tree modules (v4l2loopback) and the H.264
+fixture h264-feed plays,
 /usr/share/alsa, and a 440 Hz stereo tone for aplay.
 """
 
@@ -27,7 +29,7 @@ WANTED_MODULES = ["vivid", "snd-aloop", "virtio_mmio", "virtio_net"]
 LIB_DIRS = ["/usr/aarch64-linux-gnu/lib", "/usr/lib/aarch64-linux-gnu", "/lib/aarch64-linux-gnu"]
 
 
-def modules(kernel_root: str, out_root: str) -> str:
+def modules(kernel_root: str, out_root: str, extra: list[str]) -> str:
     versions = os.listdir(os.path.join(kernel_root, "lib/modules"))
     if len(versions) != 1:
         sys.exit(f"expected one kernel version under {kernel_root}/lib/modules, found {versions}")
@@ -63,6 +65,9 @@ def modules(kernel_root: str, out_root: str) -> str:
     for p in needed:
         os.makedirs(os.path.dirname(os.path.join(dst, p)), exist_ok=True)
         shutil.copy2(os.path.join(src, p), os.path.join(dst, p))
+    for ko in extra:
+        os.makedirs(os.path.join(dst, "extra"), exist_ok=True)
+        shutil.copy2(ko, os.path.join(dst, "extra", os.path.basename(ko)))
     for f in ("modules.order", "modules.builtin", "modules.builtin.modinfo"):
         if os.path.exists(os.path.join(src, f)):
             shutil.copy2(os.path.join(src, f), os.path.join(dst, f))
@@ -157,6 +162,9 @@ def main() -> None:
     ap.add_argument("--aplay", required=True)
     ap.add_argument("--peercam", required=True)
     ap.add_argument("--hold", required=True, help="static aarch64 v4l2-hold (tests/vm/v4l2-hold.c)")
+    ap.add_argument("--feed", required=True, help="static aarch64 h264-feed (tests/vm/h264-feed.c)")
+    ap.add_argument("--extra-module", action="append", default=[], help="an out-of-tree .ko (v4l2loopback)")
+    ap.add_argument("--h264", required=True, help="the H.264 stream h264-feed plays (/cam.h264)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as root:
@@ -166,10 +174,12 @@ def main() -> None:
         os.symlink("busybox", os.path.join(root, "bin/sh"))
         shutil.copy2(os.path.join(HERE, "guest-init.sh"), os.path.join(root, "init"))
         os.chmod(os.path.join(root, "init"), 0o755)
-        kv = modules(a.kernel_root, root)
+        kv = modules(a.kernel_root, root, a.extra_module)
         copy_with_libs(a.peercam, "usr/bin/peercam", root)
         copy_with_libs(a.aplay, "usr/bin/aplay", root)
         shutil.copy2(a.hold, os.path.join(root, "usr/bin/v4l2-hold"))
+        shutil.copy2(a.feed, os.path.join(root, "usr/bin/h264-feed"))
+        shutil.copy2(a.h264, os.path.join(root, "cam.h264"))
         shutil.copytree("/usr/share/alsa", os.path.join(root, "usr/share/alsa"), symlinks=True)
         tone(os.path.join(root, "tone-440.raw"))
         cpio_newc(root, a.out)

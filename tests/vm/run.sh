@@ -12,8 +12,10 @@
 #   3. the aarch64 peercam: $PEERCAM_AARCH64_BIN, else target/aarch64-unknown-linux-gnu/release/
 #      peercam, built by scripts/cross-build.sh aarch64 (nice -n 19) when missing or older than
 #      the sources;
-#   4. an initramfs (tests/vm/build_image.py): busybox, the modules, peercam + aplay + their
-#      libraries, /usr/share/alsa, tests/vm/guest-init.sh as /init;
+#   4. v4l2-hold and h264-feed (static aarch64, from tests/vm/*.c); v4l2loopback built from
+#      Debian's v4l2loopback-dkms source against the kernel's linux-headers (cached in
+#      target/vm/loopback/); an initramfs (tests/vm/build_image.py): busybox, the modules,
+#      peercam + aplay + their libraries, /usr/share/alsa, tests/vm/guest-init.sh as /init;
 #   5. tests/vm/vm_test.py in a loopback-only network namespace: QEMU user-mode networking
 #      forwards 127.0.0.1:18080 (HTTP), 127.0.0.1:18189/udp (WebRTC) and 127.0.0.1:19000 (the
 #      VM's control shell); nothing else is reachable.
@@ -101,10 +103,40 @@ hold="$work/v4l2-hold"
 if [ ! -x "$hold" ] || [ "$here/v4l2-hold.c" -nt "$hold" ]; then
     aarch64-linux-gnu-gcc -static -O2 -Wall -o "$hold" "$here/v4l2-hold.c" || fail "cannot build v4l2-hold"
 fi
+feed="$work/h264-feed"
+if [ ! -x "$feed" ] || [ "$here/h264-feed.c" -nt "$feed" ]; then
+    aarch64-linux-gnu-gcc -static -O2 -Wall -o "$feed" "$here/h264-feed.c" || fail "cannot build h264-feed"
+fi
+# v4l2loopback for the VM's kernel: no in-kernel driver delivers H.264 capture (vivid, vicodec do
+# not), so camera H.264 passthrough needs this out-of-tree module. Built from Debian's
+# v4l2loopback-dkms source against the kernel's linux-headers (arm64) with the host's
+# linux-kbuild tools and the aarch64 cross gcc — no dkms, nothing installed.
+kver=$(ls "$kroot/lib/modules")
+kdebver=$(dpkg-deb -f "$kdeb" Version)
+lb="$work/loopback"
+lbko="$lb/build/v4l2loopback.ko"
+if [ ! -f "$lbko" ]; then
+    log "building v4l2loopback for $kver"
+    mkdir -p "$lb/debs" && rm -rf "$lb/root" "$lb/build"
+    for p in v4l2loopback-dkms "linux-headers-$kver:arm64=$kdebver" "linux-headers-${kver%-arm64}-common=$kdebver" \
+             "linux-kbuild-$(echo "$kver" | cut -d. -f1,2)=$kdebver"; do
+        n=${p%%[:=]*}
+        ls "$lb/debs/${n}"_*.deb >/dev/null 2>&1 ||
+            (cd "$lb/debs" && apt-get download "$p" >&2) || { apt_update_once; (cd "$lb/debs" && apt-get download "$p" >&2); } ||
+            fail "apt-get download $p failed"
+    done
+    for d in "$lb"/debs/*.deb; do dpkg -x "$d" "$lb/root"; done
+    hdr="$lb/root/usr/src/linux-headers-$kver"
+    sed -i "s|include /usr/src/|include $lb/root/usr/src/|" "$hdr/Makefile"
+    cp -r "$lb"/root/usr/src/v4l2loopback-* "$lb/build"
+    make -C "$hdr" M="$lb/build" DEB_BUILD_ARCH=amd64 DEB_HOST_ARCH=arm64 DEB_HOST_GNU_TYPE=aarch64-linux-gnu modules >&2 ||
+        fail "v4l2loopback build failed"
+fi
 initrd="$work/initrd.gz"
-if [ ! -f "$initrd" ] || [ -n "$(find "$bin" "$hold" "$here/guest-init.sh" "$here/build_image.py" -newer "$initrd" -print -quit)" ]; then
+if [ ! -f "$initrd" ] || [ -n "$(find "$bin" "$hold" "$feed" "$lbko" "$repo/tests/fixtures/h264" "$here/guest-init.sh" "$here/build_image.py" -newer "$initrd" -print -quit)" ]; then
     log "building $initrd"
-    python3 "$here/build_image.py" --kernel-root "$kroot" --busybox "$busybox" --aplay "$aplay" --peercam "$bin" --hold "$hold" --out "$initrd"
+    python3 "$here/build_image.py" --kernel-root "$kroot" --busybox "$busybox" --aplay "$aplay" --peercam "$bin" --hold "$hold" \
+        --feed "$feed" --extra-module "$lbko" --h264 "$repo/tests/fixtures/h264/cam-cb-320x240.h264" --out "$initrd"
 fi
 
 # 5. the test, with aiortc from the interop venv

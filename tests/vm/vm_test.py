@@ -34,6 +34,11 @@ Checks (each printed PASS/FAIL, a summary line "vm: N passed, M failed" at the e
   xrun      peercam is SIGSTOPped twice for 1 s while a viewer listens (the 400 ms capture buffer
             of snd-aloop overruns): the 440 Hz tone flows again, the overrun is logged once.
 
+  passthrough  v4l2loopback (out of tree, built by run.sh for the VM kernel) fed H.264 by
+            h264-feed (tests/fixtures/h264/cam-cb-320x240.h264, 15 fps): the service picks the
+            H264 mode, starts no encoder, aiortc decodes 320x240 at >= 80 % of 15 fps without
+            errors; the profile and the missing force-key-frame control are logged.
+
 Env: VM_KERNEL, VM_INITRD (required), VM_FPS (default 10), VM_SECONDS (per stream, default 8).
 """
 
@@ -65,6 +70,7 @@ SECONDS = float(os.environ.get("VM_SECONDS", "8"))
 ART = os.path.join(HERE, "artifacts")
 BRIGHTNESS = 150  # vivid's default is 128
 VIVID_ARGS = "n_devs=1 node_types=0x1 num_inputs=1 input_types=0x0"
+H264_FPS = 15  # h264-feed's rate (the fixture is 320x240)
 IDLE_OFF_MS = 4000  # PEERCAM_CAMERA_IDLE_OFF_MS for the idle stream-off check (default 10 s)
 
 
@@ -547,6 +553,48 @@ def check_xrun(vm: VM, c: pi.Checker) -> None:
             log or "no overrun logged")
 
 
+def check_passthrough(vm: VM, c: pi.Checker) -> None:
+    """Camera H.264 passthrough on a real V4L2 capture device: v4l2loopback (built by run.sh for
+    the VM's kernel) fed by h264-feed with the constrained-baseline fixture, 320x240 at 15 fps,
+    one access unit per buffer. The service must pick the H264 mode, start no encoder, and aiortc
+    must decode the camera's own pictures without errors."""
+    out = vm.sh(f"modprobe v4l2loopback video_nr=10 exclusive_caps=1 card_label=h264cam; echo modprobe=$?; "
+                f"(h264-feed /dev/video10 /cam.h264 {H264_FPS} > /var/log/feed.log 2>&1 &); sleep 1; cat /var/log/feed.log")
+    c.check("passthrough: v4l2loopback loaded and fed H.264", "modprobe=0" in out and "H264" in out, out.strip())
+    toml = config_toml("H264").replace('exact = "vivid"', 'exact = "/dev/video10"')
+    for a, b in (("width = 640", "width = 320"), ("height = 480", "height = 240"),
+                 ("width = { exact = 640 }", "width = { exact = 320 }"), ("height = { exact = 480 }", "height = { exact = 240 }")):
+        toml = toml.replace(a, b)
+    toml = toml.replace(f"fps = {FPS}", f"fps = {H264_FPS}").replace(f"brightness = {BRIGHTNESS}", "")
+    if not start_service(vm, "h264", c, toml):
+        return
+    s = settings().get("video", {})
+    c.check("passthrough: the service chooses the camera's H264 mode", "H264" in s.get("source", "") and not s.get("problem"),
+            json.dumps({k: s.get(k) for k in ("source", "width", "height", "fps", "problem")}))
+    out = asyncio.run(watch(SECONDS))
+    s2 = settings().get("video", {})
+    if out["error"]:
+        c.check("passthrough: WHEP session", False, out["error"])
+        return
+    frames = out["frames"]
+    window = [f for f in frames if f[0] >= 1.0]
+    fps_rx = len(window) / (SECONDS - 1.0)
+    c.info(f"passthrough: {len(frames)} frames decoded in {SECONDS:g} s ({fps_rx:.1f} fps after the first second); "
+           f"encoded_frames {s2.get('encoded_frames')}, keyframes {s2.get('keyframes')}, "
+           f"encoders_started {s2.get('encoders_started')}")
+    c.check("passthrough: frames are the camera's 320x240", bool(frames) and {f[2] for f in frames} == {(320, 240)},
+            str({f[2] for f in frames}))
+    c.check("passthrough: no encoder was started (the camera's H.264 is sent as it is)",
+            s2.get("encoders_started") == 0 and (s2.get("encoded_frames") or 0) > 0,
+            f"encoders_started {s2.get('encoders_started')}, units {s2.get('encoded_frames')}")
+    c.check(f"passthrough: decoded at >= 80 % of the camera's {H264_FPS} fps", fps_rx >= 0.8 * H264_FPS, f"{fps_rx:.1f} fps")
+    c.check("passthrough: no decode errors", out["decode_errors"] == (0, 0), str(out["decode_errors"]))
+    log = vm.sh("grep -E 'H.264|force-key-frame' /var/log/peercam-h264.log | cut -c1-300").strip()
+    c.check("passthrough: the profile is logged, and the missing force-key-frame control once",
+            "constrained baseline profile level 1.3 (42c00d)" in log and log.count("no force-key-frame control") == 1, log)
+    vm.sh("killall peercam h264-feed; sleep 0.5; rmmod v4l2loopback")
+
+
 def main() -> int:
     c = pi.Checker("vm")
     kernel, initrd = os.environ["VM_KERNEL"], os.environ["VM_INITRD"]
@@ -568,7 +616,8 @@ def main() -> int:
         check_hotplug(vm, c)
         check_busy_and_idle(vm, c)
         check_xrun(vm, c)
-        for name in ("YUYV", "NV12", "busy", "xrun"):
+        check_passthrough(vm, c)
+        for name in ("YUYV", "NV12", "busy", "xrun", "h264"):
             with open(os.path.join(ART, f"peercam-{name}.log"), "w") as f:
                 f.write(vm.sh(f"cat /var/log/peercam-{name}.log"))
     except Exception as e:  # noqa: BLE001

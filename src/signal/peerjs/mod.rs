@@ -16,6 +16,7 @@
 
 pub mod binarypack;
 pub mod dataconn;
+pub mod device;
 pub mod server;
 
 use crate::config::PeerJsConfig;
@@ -129,17 +130,21 @@ impl PeerServer {
     ///             let conn_id = m.payload["connectionId"].as_str();   // "mc_…" media, "dc_…" data
     ///             let media = m.payload["type"] == "media";
     ///             // … set m.payload["sdp"]["sdp"] as remote description, create the answer, then
+    ///             // (data: the browser made the channel, label = connectionId; "serialization",
+    ///             // "reliable", "metadata" are in the OFFER's payload — PeerJS's ANSWER has no more
+    ///             // than the three fields below, and PeerJS reads nothing else from it)
     ///             tx.send(&m.src, Kind::Answer, json!({
     ///                 "sdp": {"type": "answer", "sdp": answer_sdp},
     ///                 "type": m.payload["type"], "connectionId": conn_id,
-    ///                 // data connections also echo what the browser offered:
-    ///                 // "label", "reliable", "serialization" (PeerJS reads these from the OFFER only)
     ///             }));
     ///             // and for every local ICE candidate (trickle both ways):
     ///             // tx.send(&m.src, Kind::Candidate, json!({"candidate": c.to_json(),
     ///             //     "type": m.payload["type"], "connectionId": conn_id}));
     ///         }
-    ///         Kind::Candidate => { /* m.payload["candidate"] → add_ice_candidate on connectionId */ }
+    ///         // payload.candidate = RTCIceCandidateInit {candidate, sdpMid, sdpMLineIndex, usernameFragment};
+    ///         // it may come before the OFFER was handled: keep it for that connectionId.
+    ///         Kind::Candidate => { /* add_ice_candidate on payload["connectionId"] */ }
+    ///         // PeerJS 1.5 never sends LEAVE (it just closes the RTCPeerConnection); others may.
     ///         Kind::Leave => { /* m.src is gone: close its connections (payload may be Null) */ }
     ///         Kind::Expire => { /* m.src never connected: a message we sent is undeliverable */ }
     ///         Kind::Answer => { /* only if the device made an offer itself */ }
@@ -349,10 +354,10 @@ pub fn key_in_request(uri: &Uri) -> Option<String> {
     if !(path == "/peerjs" || path.starts_with("/peerjs/")) {
         return None;
     }
-    if let Ok(Query(q)) = Query::<HashMap<String, String>>::try_from_uri(uri) {
-        if let Some(k) = q.get("key").filter(|k| !k.is_empty()) {
-            return Some(k.clone());
-        }
+    if let Ok(Query(q)) = Query::<HashMap<String, String>>::try_from_uri(uri)
+        && let Some(k) = q.get("key").filter(|k| !k.is_empty())
+    {
+        return Some(k.clone());
     }
     let mut segs = path.trim_start_matches('/').split('/');
     match (segs.next(), segs.next(), segs.next(), segs.next()) {

@@ -387,10 +387,10 @@ impl Server {
     /// The socket closed (or the I/O layer gave up on it, e.g. a full send queue). Silent, as in
     /// PeerServer: peers notice through their own connections.
     pub fn disconnect(&mut self, conn: ConnId) {
-        if let Some(c) = self.conns.remove(&conn) {
-            if self.clients.get(&c.id).is_some_and(|cl| cl.conn == conn) {
-                self.clients.remove(&c.id);
-            }
+        if let Some(c) = self.conns.remove(&conn)
+            && self.clients.get(&c.id).is_some_and(|cl| cl.conn == conn)
+        {
+            self.clients.remove(&c.id);
         }
     }
 
