@@ -171,6 +171,7 @@ impl Room {
                 "viewers": count,
                 "talker": talker.unwrap_or(Value::Null),
                 "talkback": self.speaker.is_some(),
+                "camera": if *self.pipeline.camera_online().borrow() { "online" } else { "offline" },
                 "settings": self.settings(),
             }),
         );
@@ -366,7 +367,8 @@ impl Room {
                     let who = self.describe(&self.lock(), v);
                     self.broadcast("talker_changed", json!({"talker": who}));
                 }
-                Ok(json!({"talking": true, "talker": viewer_label(v)}))
+                let who = self.describe(&self.lock(), v);
+                Ok(json!({"talking": true, "talker": who}))
             }
         }
     }

@@ -473,6 +473,17 @@ async fn serve_socket(server: Arc<PeerServer>, mut socket: WebSocket, q: HashMap
                     // The server let go of this connection (refused, replaced, timed out,
                     // dropped): everything queued before has been written.
                     let _ = tokio::time::timeout(Duration::from_secs(1), socket.send(Message::Close(None))).await;
+                    // Finish the closing handshake: read (and drop) what the client still sends
+                    // until its Close. Closing with unread input makes the kernel reset the
+                    // connection, and the client would lose the ERRORs it has not read yet.
+                    let _ = tokio::time::timeout(Duration::from_secs(1), async {
+                        while let Some(Ok(m)) = socket.recv().await {
+                            if matches!(m, Message::Close(_)) {
+                                break;
+                            }
+                        }
+                    })
+                    .await;
                     break;
                 }
             },
