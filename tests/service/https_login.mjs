@@ -1,5 +1,5 @@
 // Browser E2E over HTTPS (issue 5): the device's self-signed certificate on a non-localhost name,
-// login → live video → talk-back prerequisites (secure context, microphone) → logout.
+// login → live video → talk-back (secure context, microphone, hold Talk → the speaker PCM) → logout.
 //
 //   tests/service/run.sh https_login     (a loopback-only network namespace + its own PID namespace)
 //
@@ -28,6 +28,7 @@ const PORT = 18443;
 const ORIGIN = `https://camera.test:${PORT}`;
 const PASSWORD = 'kitten-monitor-42';
 const FPS = 30;
+let SPEAKER_RAW = null;
 
 function startService() {
   const hash = spawnSync(BIN, ['hash-password'], { input: `${PASSWORD}\n`, encoding: 'utf8' });
@@ -40,13 +41,18 @@ function startService() {
     '[video]', 'source = "testsrc"', 'width = 640', 'height = 480', `fps = ${FPS}`, 'bitrate_kbps = 1000', '',
     '[audio]', 'source = "tone"', '',
     '[webrtc]', 'udp_port = 18489', 'include_loopback = true', '',
+    // The speaker: an ALSA file-plugin PCM (real alsa-lib, no sound card) that records what plays.
+    '[speaker]', 'device = "peercam_test_speaker"', '',
   ].join('\n'));
+  SPEAKER_RAW = join(dir, 'speaker.raw');
+  writeFileSync(join(dir, 'asound.conf'),
+    `pcm.peercam_test_speaker {\n  type file\n  slave.pcm { type null }\n  file "${SPEAKER_RAW}"\n  format "raw"\n}\n`);
   const logPath = join(ARTIFACTS, 'https_login-service.log');
   const log = createWriteStream(logPath);
   const proc = spawn(BIN, ['run', '--config', configPath], {
     stdio: ['ignore', 'pipe', 'pipe'],
     // Logs to our pipe (readable stderr), never to the journal: no JOURNAL_STREAM.
-    env: Object.fromEntries(Object.entries({ ...process.env, RUST_LOG: process.env.RUST_LOG || 'info' })
+    env: Object.fromEntries(Object.entries({ ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', ALSA_CONFIG_PATH: join(dir, 'asound.conf') })
       .filter(([k]) => k !== 'JOURNAL_STREAM')),
   });
   let text = '', exited = null;
@@ -161,6 +167,22 @@ await main('https_login', async (t) => {
   t.check(secure.isSecureContext === true, 'window.isSecureContext on https://camera.test', JSON.stringify(secure.origin));
   t.check(secure.mediaDevices, 'navigator.mediaDevices exists (talk-back prerequisite)');
   t.check(!!secure.mic?.length, 'getUserMedia({audio}) gives a microphone track', secure.mic?.join(', ') || secure.micError);
+
+  // ---- talk: hold the page's Talk button; the fake mic's beeps must come out of the speaker -------
+  const talkBox = await page.locator('#btn-talk').boundingBox();
+  await page.mouse.move(talkBox.x + talkBox.width / 2, talkBox.y + talkBox.height / 2);
+  await page.mouse.down();
+  const granted = await page.waitForFunction(() => window.peercam.talking === true, null, { timeout: 5000 }).then(() => true, () => false);
+  await sleep(2500);
+  await page.mouse.up();
+  t.check(granted, 'holding Talk over HTTPS takes the speaker', await page.evaluate(() => JSON.stringify({ talking: window.peercam.talking, error: window.peercam.talkError })));
+  await sleep(500);
+  let pcm = new Int16Array(0);
+  try { const raw = readFileSync(SPEAKER_RAW); pcm = new Int16Array(raw.buffer, raw.byteOffset, Math.floor(raw.length / 2)); } catch { /* nothing written */ }
+  let peak = 0;
+  for (const x of pcm) peak = Math.max(peak, Math.abs(x));
+  t.check(pcm.length > 48000 && peak > 3000, "the browser's microphone comes out of the device's speaker (talk-back over HTTPS)",
+    `${(pcm.length / 48000).toFixed(1)} s written, peak ${peak}`);
   await page.mouse.move(640, 360);   // the controls (with "Log out") show on pointer activity
   await sleep(300);
   await page.screenshot({ path: join(ARTIFACTS, 'https_login-2-live.png') });
