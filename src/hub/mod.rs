@@ -209,6 +209,24 @@ impl KeyframeGate {
     pub fn saw_keyframe(&mut self, now: Instant) {
         self.last = Some(now);
     }
+
+    /// Whether the next frame must be an IDR: a viewer joined (served at once) or a PLI/lag
+    /// request the rate limit lets through (one it holds back stays pending on `stream`).
+    pub fn take_request(&mut self, stream: &Stream, now: Instant) -> bool {
+        let joined = stream.take_join_request();
+        let force = match self.decide(stream.take_keyframe_request(), now) {
+            Some(true) => true,
+            Some(false) => {
+                stream.defer_keyframe_request();
+                joined
+            }
+            None => joined,
+        };
+        if joined {
+            self.saw_keyframe(now);
+        }
+        force
+    }
 }
 
 #[cfg(test)]

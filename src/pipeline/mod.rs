@@ -567,18 +567,7 @@ fn video_encode_loop(
         }
         let enc = encoder.as_mut().expect("encoder was just created");
         let now = Instant::now();
-        let joined = hub.video.take_join_request();
-        let force = match gate.decide(hub.video.take_keyframe_request(), now) {
-            Some(true) => true,
-            Some(false) => {
-                hub.video.defer_keyframe_request();
-                joined
-            }
-            None => joined,
-        };
-        if joined {
-            gate.saw_keyframe(now);
-        }
+        let force = gate.take_request(&hub.video, now);
         let t0 = Instant::now();
         match enc.encode(&frame, force) {
             Ok(Some(unit)) => {

@@ -42,18 +42,7 @@ impl CameraH264 {
         self.last_sequence = Some(meta.sequence);
 
         let now = Instant::now();
-        let joined = hub.video.take_join_request();
-        let force = match gate.decide(hub.video.take_keyframe_request(), now) {
-            Some(true) => true,
-            Some(false) => {
-                hub.video.defer_keyframe_request();
-                joined
-            }
-            None => joined,
-        };
-        if joined {
-            gate.saw_keyframe(now);
-        }
+        let force = gate.take_request(&hub.video, now);
         let retry = self.pt.waiting_for_idr() && self.last_idr_request.is_none_or(|t| now - t >= IDR_RETRY);
         if force || retry {
             meta.link.request_idr();
