@@ -45,6 +45,10 @@ pub enum LoginResult {
     NoPasswordSet,
 }
 
+/// Which login something belongs to (a hash of its cookie: not a secret, not reversible).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct LoginId([u8; 32]);
+
 struct LoginSession {
     expires: Instant,
     tokens: Vec<[u8; 32]>,
@@ -189,16 +193,23 @@ impl Auth {
         LoginResult::Ok(cookie)
     }
 
-    /// Ends a login and every token minted for it.
-    pub fn logout(&self, cookie: &str) {
+    /// Ends a login and every token minted for it. Returns the login's id (see
+    /// [`Auth::login_of_token`]) so what was opened with its tokens can be closed too.
+    pub fn logout(&self, cookie: &str) -> Option<LoginId> {
         let key = sha256(cookie.as_bytes());
         let removed = self.sessions.lock().unwrap_or_else(|e| e.into_inner()).remove(&key);
-        if let Some(session) = removed {
-            let mut minted = self.minted.lock().unwrap_or_else(|e| e.into_inner());
-            for t in session.tokens {
-                minted.remove(&t);
-            }
+        let session = removed?;
+        let mut minted = self.minted.lock().unwrap_or_else(|e| e.into_inner());
+        for t in session.tokens {
+            minted.remove(&t);
         }
+        Some(LoginId(key))
+    }
+
+    /// The login a minted bearer token belongs to (`None` for config tokens and strangers).
+    pub fn login_of_token(&self, token: &str) -> Option<LoginId> {
+        let digest = sha256(token.as_bytes());
+        self.minted.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).copied().map(LoginId)
     }
 
     /// A bearer token for a logged-in session (the page uses it for WHEP).

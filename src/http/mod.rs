@@ -62,7 +62,8 @@ fn is_public(path: &str) -> bool {
     matches!(path, "/login" | "/style.css" | "/favicon.ico")
 }
 
-fn bearer(headers: &HeaderMap) -> Option<&str> {
+/// The token of an `Authorization: Bearer …` header.
+pub fn bearer(headers: &HeaderMap) -> Option<&str> {
     let v = headers.get(header::AUTHORIZATION)?.to_str().ok()?;
     let (scheme, token) = v.split_once(' ')?;
     scheme.eq_ignore_ascii_case("bearer").then(|| token.trim())
@@ -180,7 +181,12 @@ async fn login(State(app): State<AppState>, ConnectInfo(peer): ConnectInfo<Socke
 
 async fn logout(State(app): State<AppState>, headers: HeaderMap) -> Response {
     if let Some(c) = session_cookie(&headers) {
-        app.auth.logout(c);
+        if let Some(login) = app.auth.logout(c) {
+            let ended = app.sessions.end_owned_by(login).await;
+            if ended > 0 {
+                log::info!("logout ended {ended} viewer session(s) of that login");
+            }
+        }
     }
     (
         StatusCode::SEE_OTHER,

@@ -70,6 +70,8 @@ pub struct Session {
     _viewer: Option<ViewerGuard>,
     /// The viewer's place in the room (public id, talk-back, events).
     pub member: ViewerHandle,
+    /// The login whose token opened it: logging out ends the session too.
+    owner: Mutex<Option<crate::http::auth::LoginId>>,
 }
 
 /// Where a session is: its send loops start at `Connected` and stop at `Ended`.
@@ -199,6 +201,7 @@ impl Sessions {
             // Only sessions with media make the encoders run.
             _viewer: watching.then(|| self.hub.demand.join()),
             member,
+            owner: Mutex::new(None),
         });
         match purpose {
             Purpose::Watch => {
@@ -263,6 +266,27 @@ impl Sessions {
             }
             None => false,
         }
+    }
+
+    /// Marks a session as opened by `owner` (a login's minted token).
+    pub fn set_owner(&self, id: &str, owner: crate::http::auth::LoginId) {
+        if let Some(s) = self.lock().get(id) {
+            *s.owner.lock().unwrap_or_else(|e| e.into_inner()) = Some(owner);
+        }
+    }
+
+    /// Ends every session a login opened (at logout: its viewers must not keep watching).
+    pub async fn end_owned_by(&self, owner: crate::http::auth::LoginId) -> usize {
+        let ids: Vec<String> = self
+            .lock()
+            .iter()
+            .filter(|(_, s)| *s.owner.lock().unwrap_or_else(|e| e.into_inner()) == Some(owner))
+            .map(|(id, _)| id.clone())
+            .collect();
+        for id in &ids {
+            self.remove(id, "its login logged out").await;
+        }
+        ids.len()
     }
 
     pub async fn close_all(&self) {

@@ -47,6 +47,10 @@ pub async fn post(State(app): State<AppState>, headers: HeaderMap, body: Result<
     };
     match app.sessions.answer(offer).await {
         Ok((id, answer)) => {
+            // A token minted for a browser login: the session ends when that login does.
+            if let Some(owner) = crate::http::bearer(&headers).and_then(|t| app.auth.login_of_token(t)) {
+                app.sessions.set_owner(&id, owner);
+            }
             let location = format!("/whep/{id}");
             (
                 StatusCode::CREATED,

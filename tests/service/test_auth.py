@@ -281,6 +281,19 @@ def https_checks(svc: Service, state: Path, cfg_token: str) -> None:
         c.check("minted token: DELETE <Location> -> 2xx", 200 <= d.status < 300, str(d))
     r = request("GET", BASE + "/api/settings", None, {"Authorization": f"Bearer {minted}"})
     c.check("minted token works for GET /api/settings", r.status == 200, str(r))
+    # A viewer session opened with the minted token and left open: logout must end it.
+    kept = whep_post(token=minted)
+    kept_loc = kept.header("location") or ""
+
+    def viewers() -> int:
+        rr = request("GET", BASE + "/api/settings", None, {"Authorization": f"Bearer {cfg_token}"})
+        try:
+            return int(json.loads(rr.body).get("viewers", -1))
+        except ValueError:
+            return -1
+    before_logout = viewers()
+    c.check("a WHEP session opened with the minted token is live", kept.status == 201 and before_logout >= 1,
+            f"{kept}, viewers {before_logout}")
 
     # ---- logout ends the session and its tokens ---------------------------------------------
     r = request("POST", BASE + "/logout", b"", ck)
@@ -288,6 +301,11 @@ def https_checks(svc: Service, state: Path, cfg_token: str) -> None:
     c.check("POST /logout -> 303 /login and clears the cookie (Max-Age=0)",
             r.status == 303 and urllib.parse.urlsplit(r.header("location")).path == "/login" and cleared.get("max-age") == "0",
             f"{r} Set-Cookie {r.all('set-cookie')}")
+    after_logout = viewers()
+    gone = whep_delete(kept, cfg_token) if kept_loc else None
+    c.check("logout ends the viewer sessions its tokens opened (they do not keep watching)",
+            after_logout == before_logout - 1 and gone is not None and gone.status == 404,
+            f"viewers {before_logout} -> {after_logout}; DELETE {kept_loc} -> {gone}")
     expect_unauth("POST /whep with the minted token after logout", whep_post(token=minted), page=False)
     expect_unauth("GET /api/settings with the minted token after logout",
                   request("GET", BASE + "/api/settings", None, {"Authorization": f"Bearer {minted}"}), page=False)
