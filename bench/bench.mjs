@@ -465,6 +465,24 @@ async function benchPeercam(browser) {
     await v.context.close();
   } catch (e) { note('peercam video-only', e); }
 
+  // what the built-in page does: audio + video, but not lip-synced (POST /whep?sync=0: separate
+  // streams, so Chromium shows the picture without waiting for its audio jitter buffer)
+  try {
+    await waitViewers(url, 0);
+    const v = await openPage(browser, url);
+    const r = await viewerConnect(v, { url: '/whep?sync=0' });
+    await sleep(2000);
+    const secs = Math.min(10, LATENCY_S);
+    log(`latency, 1 viewer, audio + video not lip-synced (the page's mode), ${secs} s`);
+    await probeStart(v.page);
+    await sleep(secs * 1000);
+    P.unsynced = summarize(await probeStop(v.page));
+    P.unsynced.inbound = await v.page.evaluate((id) => window.B.inboundVideo(id), r.id);
+    log(`  unsynced latency ${JSON.stringify(P.unsynced.latency)}; jitter buffer video ${P.unsynced.inbound.jitterBufferDelayMs} ms, audio ${P.unsynced.inbound.audio?.jitterBufferDelayMs} ms`);
+    await viewerClose(v, r.id);
+    await v.context.close();
+  } catch (e) { note('peercam unsynced', e); }
+
   // back to idle?
   await waitViewers(url, 0);
   await sleep(1500);

@@ -42,6 +42,8 @@ export function writeReport(R, { RESULTS, OUT }) {
   row('Chromium video jitter-buffer delay (mean per frame)', f(P.inbound?.jitterBufferDelayMs, ' ms'), f(C.inbound?.jitterBufferDelayMs, ' ms'), aCol(f(A.inbound?.jitterBufferDelayMs, ' ms')), `audio: ${f(P.inbound?.audio?.jitterBufferDelayMs, ' ms')}`);
   const vo = (X) => (X.videoOnly ? `${f(X.videoOnly.latency.p50, ' ms')} / ${f(X.videoOnly.latency.p99, ' ms')} (jitter buffer ${f(X.videoOnly.inbound?.jitterBufferDelayMs, ' ms')})` : 'n/a');
   row('latency p50 / p99 without audio (diagnostic: nothing to lip-sync with)', vo(P), vo(C), '', '');
+  const un = P.unsynced ? `${f(P.unsynced.latency.p50, ' ms')} / ${f(P.unsynced.latency.p99, ' ms')} (jitter buffer ${f(P.unsynced.inbound?.jitterBufferDelayMs, ' ms')})` : 'n/a';
+  row('latency p50 / p99 with audio, not lip-synced (the page: POST /whep?sync=0)', un, '', '', `≤ ${M.p50} ms${ok(P.unsynced?.latency?.p50, M.p50)}`);
   row('Chromium audio: concealed samples (loss-free loopback)', f(P.inbound?.audio?.concealedPct, ' %'), f(C.inbound?.audio?.concealedPct, ' %'), aCol(f(A.inbound?.audio?.concealedPct, ' %')), 'NetEq filled in; ~0 expected');
   row('rendered frame rate', f(P.latency?.renderedFps, ' fps'), f(C.latency?.renderedFps, ' fps'), aCol(f(A.latency?.renderedFps, ' fps')), '');
   row(`offer → first rendered frame, median of ${P.firstFrameSummary?.cold?.n ?? 0} (cold: no other viewer)`, f(P.firstFrameSummary?.cold?.median, ' ms'),
@@ -125,6 +127,7 @@ ${wireTable(P.wire)}
 ## Details
 
 - peercam: ${detail(P)}
+- peercam, audio + video not lip-synced (the page's mode): ${P.unsynced ? detail({ latency: P.unsynced }) : 'n/a'}; receiver ${JSON.stringify(P.unsynced?.inbound || {})}
 - peercam, video-only offer: ${P.videoOnly ? detail({ latency: P.videoOnly }) : 'n/a'}; receiver ${JSON.stringify(P.videoOnly?.inbound || {})}
 - Chromium→Chromium: ${detail(C)}; sender ${JSON.stringify(C.outbound || {})}
 - aiortc: ${A.skipped ? `skipped — ${A.skipped}` : detail(A)}

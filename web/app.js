@@ -9,7 +9,9 @@ const unmuteBtn = $('unmute'), unmuteText = $('unmute-text'), statsEl = $('stats
 const statsBtn = $('btn-stats'), fullscreenBtn = $('btn-fullscreen');
 
 // Relative, so the page keeps working behind a reverse proxy that mounts the device under a sub-path.
-const WHEP_URL = new URL('whep', location.href).href;
+// sync=0 (a peercam extension): video and audio in separate streams, so Chromium shows each picture
+// as soon as it is decoded instead of holding it back to its audio jitter buffer (~30 ms less latency).
+const WHEP_URL = new URL('whep?sync=0', location.href).href;
 // With auth on, open the page as …/#token=SECRET: a fragment is never sent to servers or proxies' logs.
 const TOKEN = new URLSearchParams(location.hash.slice(1)).get('token');
 let AUTH = TOKEN ? { Authorization: `Bearer ${TOKEN}` } : {};

@@ -42,7 +42,13 @@ pub type DataHandler = Arc<dyn Fn(Arc<RTCDataChannel>, Weak<Room>, u64) + Send +
 /// What a peer connection is for.
 pub enum Purpose {
     /// Watch and listen (WHEP, the page): media, talk-back, `control` channel.
-    Watch,
+    ///
+    /// `lip_sync`: video and audio in one stream (msid), so the browser syncs them — and holds
+    /// the video back to its audio jitter buffer (Chromium's NetEq keeps ~70 ms). Without it
+    /// (the page asks with `POST /whep?sync=0`) each track is its own stream and the picture
+    /// shows as soon as it is decoded; audio then trails the picture by a few tens of ms, which
+    /// a baby monitor's user does not notice but its latency does.
+    Watch { lip_sync: bool },
     /// A PeerJS call: media and talk-back. Its data channel (PeerJS opens one to notice the
     /// call closing) is not a control channel, so the caller talks by sending audio.
     Call,
@@ -111,7 +117,13 @@ impl Sessions {
     /// Answers a WHEP offer: checks it, builds the peer connection, waits for the device's
     /// candidates and returns `(session id, answer SDP)`.
     pub async fn answer(self: &Arc<Self>, offer_sdp: String) -> Result<(String, String), SessionError> {
-        self.answer_for(offer_sdp, Purpose::Watch).await.map(|(id, answer, _)| (id, answer))
+        self.answer_whep(offer_sdp, true).await
+    }
+
+    /// [`Sessions::answer`]; `lip_sync: false` puts video and audio in separate streams (see
+    /// [`Purpose::Watch`]).
+    pub async fn answer_whep(self: &Arc<Self>, offer_sdp: String, lip_sync: bool) -> Result<(String, String), SessionError> {
+        self.answer_for(offer_sdp, Purpose::Watch { lip_sync }).await.map(|(id, answer, _)| (id, answer))
     }
 
     /// Answers an offer made for `purpose`; also returns the peer connection (PeerJS adds the
@@ -158,7 +170,7 @@ impl Sessions {
 
         let mut senders = Vec::new();
         if summary.video.as_ref().is_some_and(|v| v.direction.remote_receives()) {
-            let track = Arc::new(TrackLocalStaticRTP::new(h264_capability(), "video".into(), "peercam".into()));
+            let track = Arc::new(TrackLocalStaticRTP::new(h264_capability(), "video".into(), stream_id(&purpose, "video")));
             // Send-only even when the offer is sendrecv (a PeerJS caller sending its camera):
             // the device has no use for the viewer's video, so the browser should not upload it.
             let init = RTCRtpTransceiverInit { direction: RTCRtpTransceiverDirection::Sendonly, send_encodings: vec![] };
@@ -170,7 +182,7 @@ impl Sessions {
             senders.push((track, sender, MediaKind::Video));
         }
         if summary.audio.as_ref().is_some_and(|a| a.direction.remote_receives()) {
-            let track = Arc::new(TrackLocalStaticRTP::new(opus_capability(), "audio".into(), "peercam".into()));
+            let track = Arc::new(TrackLocalStaticRTP::new(opus_capability(), "audio".into(), stream_id(&purpose, "audio")));
             let sender = pc.add_track(Arc::clone(&track) as Arc<dyn TrackLocal + Send + Sync>).await.map_err(neg)?;
             senders.push((track, sender, MediaKind::Audio));
         }
@@ -190,7 +202,7 @@ impl Sessions {
             .sdp;
 
         let id = new_id();
-        let member = self.room.join(matches!(purpose, Purpose::Watch) && summary.data_channel);
+        let member = self.room.join(matches!(purpose, Purpose::Watch { .. }) && summary.data_channel);
         let viewer = member.id;
         let watching = !matches!(purpose, Purpose::Data(_));
         let session = Arc::new(Session {
@@ -204,7 +216,7 @@ impl Sessions {
             owner: Mutex::new(None),
         });
         match purpose {
-            Purpose::Watch => {
+            Purpose::Watch { .. } => {
                 attach_talkback(pc, &self.room, viewer);
                 attach_control(pc, &self.room, viewer);
             }
@@ -531,6 +543,14 @@ pub fn serve_control(dc: Arc<RTCDataChannel>, room: Weak<Room>, viewer: u64) {
         })
     });
     pump(dc, opened, on_message);
+}
+
+/// The msid stream of a track: one shared stream (lip-synced) unless the viewer asked otherwise.
+fn stream_id(purpose: &Purpose, kind: &str) -> String {
+    match purpose {
+        Purpose::Watch { lip_sync: false } => format!("peercam-{kind}"),
+        _ => "peercam".into(),
+    }
 }
 
 fn new_id() -> String {

@@ -18,7 +18,15 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response {
     (status, [(header::CONTENT_TYPE, "text/plain; charset=utf-8")], m).into_response()
 }
 
-pub async fn post(State(app): State<AppState>, headers: HeaderMap, body: Result<Bytes, BytesRejection>) -> Response {
+/// `POST /whep?sync=0` is a peercam extension: video and audio are not lip-synced (lower video
+/// latency; see `rtc::session::Purpose::Watch`). Plain WHEP clients get synced streams.
+pub async fn post(
+    State(app): State<AppState>,
+    axum::extract::RawQuery(query): axum::extract::RawQuery,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Response {
+    let lip_sync = !query.as_deref().unwrap_or("").split('&').any(|kv| kv == "sync=0" || kv == "sync=off");
     let content_type = headers
         .get(header::CONTENT_TYPE)
         .and_then(|v| v.to_str().ok())
@@ -45,7 +53,7 @@ pub async fn post(State(app): State<AppState>, headers: HeaderMap, body: Result<
     let Ok(offer) = String::from_utf8(body.to_vec()) else {
         return text(StatusCode::BAD_REQUEST, "the offer is not valid SDP: not UTF-8 text");
     };
-    match app.sessions.answer(offer).await {
+    match app.sessions.answer_whep(offer, lip_sync).await {
         Ok((id, answer)) => {
             // A token minted for a browser login: the session ends when that login does.
             if let Some(owner) = crate::http::bearer(&headers).and_then(|t| app.auth.login_of_token(t)) {
