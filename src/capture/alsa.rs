@@ -290,6 +290,10 @@ impl AudioSource for AlsaMic {
         self.label.clone()
     }
 
+    fn xruns(&self) -> u64 {
+        AlsaMic::xruns(self)
+    }
+
     fn next_frame(&mut self, frame: &mut AudioFrame) -> Result<(), CaptureError> {
         frame.samples.resize(AUDIO_FRAME_SAMPLES, 0);
         let idle = self.last_call.elapsed() > BUFFER;

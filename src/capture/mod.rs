@@ -201,6 +201,10 @@ pub enum ApplyError {
 pub trait AudioSource: Send {
     fn name(&self) -> String;
     fn next_frame(&mut self, frame: &mut AudioFrame) -> Result<(), CaptureError>;
+    /// Capture overruns recovered so far (a microphone that was not read in time).
+    fn xruns(&self) -> u64 {
+        0
+    }
 }
 
 pub fn unix_now_us() -> u64 {

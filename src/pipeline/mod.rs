@@ -42,6 +42,8 @@ pub struct Stats {
     pub frames_dropped: AtomicU64,
     /// Last encode time in microseconds (for the settings page and benchmarks).
     pub encode_us: AtomicU64,
+    /// ALSA capture overruns recovered (for `/api/settings`).
+    pub audio_xruns: AtomicU64,
     /// Unix ms of the last captured video frame.
     pub last_capture_ms: AtomicU64,
     /// Unix ms of the last turn of the video capture loop (idle or not): the watchdog's proof
@@ -192,8 +194,8 @@ impl Pipeline {
             move || video_encode_loop(keyframe_interval_s, &live, &hub, &stop, &stats, &mailbox, recycle_tx)
         })?);
         threads.push(spawn("audio", {
-            let (hub, stop, live) = (hub.clone(), stop.clone(), live.clone());
-            move || audio_loop(audio_source, &live, &hub, &stop)
+            let (hub, stop, live, stats) = (hub.clone(), stop.clone(), live.clone(), stats.clone());
+            move || audio_loop(audio_source, &live, &hub, &stop, &stats)
         })?);
 
         Ok(Pipeline {
@@ -613,7 +615,7 @@ impl AudioClock {
     }
 }
 
-fn audio_loop(mut source: Box<dyn AudioSource>, live: &Live, hub: &Hub, stop: &AtomicBool) {
+fn audio_loop(mut source: Box<dyn AudioSource>, live: &Live, hub: &Hub, stop: &AtomicBool, stats: &Stats) {
     // Opus on 20 ms of mono costs well under a millisecond: it shares the capture thread rather
     // than adding a queue between the two.
     let mut bitrate_kbps = live.audio_bitrate_kbps.load(Ordering::Relaxed);
@@ -640,6 +642,7 @@ fn audio_loop(mut source: Box<dyn AudioSource>, live: &Live, hub: &Hub, stop: &A
             bitrate_kbps = wanted;
         }
         let captured = source.next_frame(&mut frame).map_err(|e| e.to_string());
+        stats.audio_xruns.store(source.xruns(), Ordering::Relaxed);
         if captured.is_ok() {
             frame.capture_unix_us = clock.stamp(frame.capture_unix_us);
             if !live.audio_enabled.load(Ordering::Relaxed) {

@@ -228,6 +228,7 @@ impl Room {
         }
         if let Value::Object(a) = &mut audio {
             a.insert("encoded_frames".into(), json!(p.hub.audio.units_published()));
+            a.insert("xruns".into(), json!(p.stats.audio_xruns.load(Ordering::Relaxed)));
         }
         let (viewers, talker) = {
             let inner = self.lock();

@@ -551,6 +551,13 @@ def check_xrun(vm: VM, c: pi.Checker) -> None:
     lines = [x for x in log.splitlines() if "capture overrun" in x]
     c.check("xrun: overrun recovered (snd_pcm_recover) and logged once", len(lines) == 1 and "xrun #1" in lines[0],
             log or "no overrun logged")
+    r = pi.http_request("GET", BASE + "/api/settings", headers=AUTH, timeout=10)
+    try:
+        xruns = json.loads(r.text())["audio"].get("xruns")
+    except (ValueError, KeyError, TypeError):
+        xruns = None
+    c.check("xrun: /api/settings counts the overruns (audio.xruns >= 1)", isinstance(xruns, int) and xruns >= 1,
+            f"audio.xruns = {xruns}")
 
 
 def check_passthrough(vm: VM, c: pi.Checker) -> None:
