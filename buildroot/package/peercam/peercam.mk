@@ -38,16 +38,17 @@ PEERCAM_DEPENDENCIES = \
 
 # TARGET_CONFIGURE_OPTS (added by the cargo infrastructure) already sets CC,
 # CXX, AR, PKG_CONFIG and the target CFLAGS for the cc and cmake crates.
-# opt-level 3 (cargo's release default) overrides the cargo infrastructure's
-# BR2_OPTIMIZE_* mapping (usually 2): the encoder paths are benchmarked at 3,
-# and the cc/cmake crates pass it on to the openh264 and libopus C builds.
+# opt-level "s" for the whole-program LTO of the Rust code (fits the SD-card size
+# mark) overrides the cargo infrastructure's BR2_OPTIMIZE_* mapping; the C codecs
+# (openh264, libopus) keep opt-level 3 through Cargo.toml's per-package profiles,
+# which the cc/cmake crates pass on.
 # Fat LTO, one codegen unit: the same size-optimized build as scripts/cross-build.sh.
 PEERCAM_CARGO_ENV = \
 	PKG_CONFIG_ALLOW_CROSS=1 \
 	LIBCLANG_PATH=$(HOST_DIR)/lib \
 	BINDGEN_EXTRA_CLANG_ARGS="--sysroot=$(STAGING_DIR)" \
 	CMAKE=$(BR2_CMAKE) \
-	CARGO_PROFILE_RELEASE_OPT_LEVEL=3 \
+	CARGO_PROFILE_RELEASE_OPT_LEVEL=s \
 	CARGO_PROFILE_RELEASE_LTO=fat \
 	CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1
 
