@@ -64,7 +64,13 @@ pub struct Room {
     speaker: Option<Arc<Speaker>>,
     udp_port: u16,
     inner: Mutex<Inner>,
+    /// After the speaker failed to open, implicit talkers (audio packets) do not retry before
+    /// this: a caller's 50 packets a second must not become 50 device opens and log lines.
+    speaker_retry_at: Mutex<Option<Instant>>,
 }
+
+/// How long implicit talk waits after the speaker could not be opened.
+const SPEAKER_RETRY: Duration = Duration::from_secs(10);
 
 /// A viewer's membership; leaving the room is dropping it.
 pub struct ViewerHandle {
@@ -83,7 +89,13 @@ impl Drop for ViewerHandle {
 impl Room {
     /// `speaker`: the playback device for talk-back (`None`: talk-back is off).
     pub fn new(pipeline: Arc<Pipeline>, speaker: Option<Arc<Speaker>>, udp_port: u16) -> Arc<Self> {
-        let room = Arc::new(Self { pipeline, speaker, udp_port, inner: Mutex::new(Inner::default()) });
+        let room = Arc::new(Self {
+            pipeline,
+            speaker,
+            udp_port,
+            inner: Mutex::new(Inner::default()),
+            speaker_retry_at: Mutex::new(None),
+        });
         room.clone().watch_background();
         room
     }
@@ -384,14 +396,20 @@ impl Room {
     /// a control channel (a plain WHEP client) takes a free speaker by sending.
     pub fn talk_packet(self: &Arc<Self>, v: u64, seq: u16, rtp_ts: u32, payload: Bytes) {
         let Some(speaker) = &self.speaker else { return };
-        let implicit = !self.has_control(v);
+        let backing_off = self
+            .speaker_retry_at
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .is_some_and(|t| Instant::now() < t);
+        let implicit = !self.has_control(v) && !backing_off;
         let (play, claim) = self.lock().talk.packet(v, implicit, Instant::now());
         if claim == Claim::Granted {
             log::info!("talk-back: {} (no control channel) is talking", viewer_label(v));
             let (room, speaker) = (Arc::clone(self), Arc::clone(speaker));
             tokio::spawn(async move {
                 if let Err(e) = open_speaker(&speaker).await {
-                    log::warn!("talk-back: {e}");
+                    log::warn!("talk-back: {e}; not retrying for {} s", SPEAKER_RETRY.as_secs());
+                    *room.speaker_retry_at.lock().unwrap_or_else(|e| e.into_inner()) = Some(Instant::now() + SPEAKER_RETRY);
                     room.lock().talk.release(v);
                     return;
                 }

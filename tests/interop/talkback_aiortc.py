@@ -294,6 +294,26 @@ async def main_async(c: pi.Checker, svc: pi.Service, out_raw: Path) -> None:
         await b.close()
 
 
+async def missing_speaker(c: pi.Checker, svc: pi.Service) -> None:
+    """A caller that sends audio while the speaker cannot be opened: one clear warning, no retry
+    storm (50 packets a second must not become 50 device opens), the viewer keeps watching."""
+    w = Viewer("W", talk_track=True, control=False)
+    try:
+        await w.connect(svc.url)
+        await asyncio.sleep(3.0)
+        frames = len(w.video_sizes)
+        r = await asyncio.to_thread(pi.http_request, "GET", svc.url + "/api/settings")
+        tb = json.loads(r.text()).get("talkback", {})
+    finally:
+        await w.close()
+    warnings = [x for x in svc.lines if "talk-back:" in x and "WARN" in x]
+    c.check("missing speaker: the problem is reported in /api/settings naming the device",
+            "peercam_no_such_speaker" in (tb.get("problem") or ""), str(tb.get("problem")))
+    c.check("missing speaker: logged once, not once per packet", 1 <= len(warnings) <= 2,
+            f"{len(warnings)} warnings: {warnings[:1]}")
+    c.check("missing speaker: the caller keeps watching", frames >= 30, f"{frames} frames in 3 s")
+
+
 def main() -> int:
     c = pi.Checker(NAME)
     pi.require_netns_or_warn(c)
@@ -308,6 +328,10 @@ def main() -> int:
             pi.run_async(main_async(c, svc, out_raw))
             c.check("service still running", svc.alive())
             c.info("service log tail:\n" + svc.log_tail(15))
+        bad = pi.CONFIG_TOML + '\n[speaker]\ndevice = "peercam_no_such_speaker"\n'
+        with pi.Service(NAME + "-nospeaker", config=bad) as svc2:
+            pi.run_async(missing_speaker(c, svc2))
+            c.check("service still running (missing speaker)", svc2.alive())
     except Exception as e:  # noqa: BLE001
         c.check("test ran", False, f"{type(e).__name__}: {e}")
     return c.summary()
