@@ -122,7 +122,7 @@ build_one() {
     eval "$(target_env "$key")"
     # The binary that ships: whole-program LTO for size (the SD-card mark is 12 MB for aarch64).
     # Host builds for the tests keep the faster default; override with PEERCAM_DIST_LTO=off.
-    # Whole-program LTO runs at the root crate's opt-level: "s" (12.9 MB → ~10.2 MB stripped for
+    # Whole-program LTO runs at the root crate's opt-level: "s" (12.9 MB → 10.6 MB stripped for
     # aarch64); the C codecs stay at 3 through Cargo.toml's per-package profiles.
     if [ "${PEERCAM_DIST_LTO:-fat}" != off ]; then
         export CARGO_PROFILE_RELEASE_LTO="${PEERCAM_DIST_LTO:-fat}" CARGO_PROFILE_RELEASE_CODEGEN_UNITS=1
