@@ -1,4 +1,4 @@
-// peercam benchmark (DESIGN.md "Benchmarks"). Run through bench/run.sh, which puts this script in a
+// peercam benchmark (bench/README.md). Run through bench/run.sh, which puts this script in a
 // loopback-only network namespace (and its own PID namespace) — it refuses to run anywhere else.
 //
 // Measures, on this machine:
@@ -7,17 +7,18 @@
 //      "cold" (no other viewer: the encoder is idle) and "warm" (one viewer already watching)
 //   3. service CPU (% of one core, /proc/<pid>/stat utime+stime over 10 s) and RSS with 0, 1, 2, 4, 8 viewers
 //   4. Chromium→Chromium reference (canvas with the same code → RTCPeerConnection → RTCPeerConnection)
-//   5. aiortc reference server (bench/aiortc_server.py, when bench/.venv exists)
+//   5. aiortc reference server (tests/interop/reference_whep_server.py, when bench/.venv exists)
 //   6. aarch64 stripped binary size
 // Writes bench/results/latest.{json,md} and the plot data in bench/out/; run.sh draws latest.png.
 import { spawn, execFileSync } from 'node:child_process';
-import { createWriteStream, existsSync, mkdirSync, readFileSync, readdirSync, statSync, writeFileSync } from 'node:fs';
+import { createWriteStream, existsSync, mkdirSync, readFileSync, statSync, writeFileSync } from 'node:fs';
 import { createServer } from 'node:http';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { pageLib } from './page.mjs';
 import { PHASES, writeReport } from './report.mjs';
+import { CLK_TCK, statTicks, threadTicks } from '../tests/lib/proc.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = resolve(HERE, '..');
@@ -78,19 +79,6 @@ const pcts = (v) => ({ p50: r1(percentile(v, 50)), p90: r1(percentile(v, 90)), p
 
 // ---- /proc --------------------------------------------------------------------------------------
 const CORES = readFileSync('/proc/cpuinfo', 'utf8').split('\n').filter((l) => l.startsWith('processor')).length || 1;
-const CLK_TCK = Number(execFileSync('getconf', ['CLK_TCK']).toString().trim()) || 100;
-function statTicks(path) {
-  const s = readFileSync(path, 'utf8');
-  const f = s.slice(s.lastIndexOf(')') + 2).split(' ');
-  return { comm: s.slice(s.indexOf('(') + 1, s.lastIndexOf(')')), ticks: Number(f[11]) + Number(f[12]) };
-}
-function threadTicks(pid) {
-  const out = {};
-  for (const tid of readdirSync(`/proc/${pid}/task`)) {
-    try { const { comm, ticks } = statTicks(`/proc/${pid}/task/${tid}/stat`); out[`${comm}#${tid}`] = ticks; } catch { /* gone */ }
-  }
-  return out;
-}
 function status(pid) {
   const s = readFileSync(`/proc/${pid}/status`, 'utf8');
   const kb = (k) => Number((new RegExp(`^${k}:\\s+(\\d+)`, 'm').exec(s) || [])[1]);
@@ -552,7 +540,8 @@ async function benchAiortc(browser) {
   const A = R.aiortc;
   const py = join(HERE, '.venv/bin/python');
   if (!existsSync(py)) { A.skipped = 'bench/.venv missing (run.sh creates it; BENCH_AIORTC=0 skips it)'; log(`aiortc: skipped — ${A.skipped}`); return; }
-  const svc = await startProcess('aiortc', py, [join(HERE, 'aiortc_server.py'), '--listen', `127.0.0.1:${AIORTC_PORT}`, '--width', W, '--height', H, '--fps', FPS].map(String),
+  // The repo's one aiortc reference server (tests/interop), run with bench/.venv's Python.
+  const svc = await startProcess('aiortc', py, [join(ROOT, 'tests/interop/reference_whep_server.py'), '--listen', `127.0.0.1:${AIORTC_PORT}`, '--width', W, '--height', H, '--fps', FPS].map(String),
     /listening on (http:\/\/[^\s/]+\/)/);
   const v = await openPage(browser, svc.url);
   A.firstFrame = [];

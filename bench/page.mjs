@@ -6,7 +6,7 @@
 //   B.whep({url, video, ...})   one WHEP session: offer → POST → answer → first rendered frame, with timings
 //   B.c2c({...})                the Chromium→Chromium reference: canvas with the same code → pc → pc → <video>
 //
-// Timestamp code (DESIGN.md, Interfaces): block size b = max(8, floor(width / 40)); row 0; 34 blocks:
+// Timestamp code (docs/interfaces.md): block size b = max(8, floor(width / 40)); row 0; 34 blocks:
 // block 0 white, block 1 black (reference levels), blocks 2..33 = bits 31..0 of (Unix ms mod 2^32).
 export function pageLib() {
   if (window.B) return;

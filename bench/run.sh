@@ -23,8 +23,7 @@ if [ ! -f node_modules/playwright-core/package.json ]; then
 fi
 if ! command -v gnuplot >/dev/null 2>&1; then
   echo "bench: installing gnuplot-nox for the plot"
-  (apt-get install -y -q gnuplot-nox >/dev/null 2>&1 || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q gnuplot-nox >/dev/null 2>&1; }) \
-    || echo "bench: could not install gnuplot; no PNG this time" >&2
+  APT_INSTALL_QUIET=1 ../scripts/apt-install.sh gnuplot-nox || echo "bench: could not install gnuplot; no PNG this time" >&2
 fi
 
 # aiortc reference (optional): a venv with the pinned aiortc, made once

@@ -7,7 +7,9 @@ Checks
   * tree: external.desc / Config.in / external.mk, every file they source or include exists;
   * defconfigs: every file or directory they reference through $(BR2_EXTERNAL_PEERCAM_PATH) exists;
     they enable systemd, alsa-lib, Wi-Fi (firmware + wpa_supplicant with WPA3, as peercam-firstboot
-    writes SAE), an mDNS responder, peercam, the image tools; no eudev with systemd;
+    writes SAE), an mDNS responder, peercam, the image tools; no eudev with systemd; the Pi 3 / 4 /
+    Zero 2 W ones libcamera with its rpi/vc4 pipeline and V4L2 compatibility layer (and
+    camera_auto_detect=1 in their config.txt); with --buildroot, those symbols exist there;
   * package/peercam: Config.in symbols, .mk variables all PEERCAM_-prefixed, cargo-package,
     PEERCAM_VERSION == Cargo.toml's version, files it installs from the source tree exist;
   * board: genimage.cfg.in well-formed (balanced braces, known sections/keys, images defined), its
@@ -41,6 +43,10 @@ UPSTREAM = {
     "peercam_zero2w_64_defconfig": "raspberrypizero2w_64_defconfig",
     "peercam_rpi5_defconfig": "raspberrypi5_defconfig",
 }
+# Boards whose CSI cameras Buildroot's libcamera supports (the rpi/vc4 pipeline: Unicam + the
+# VideoCore ISP). The Pi 5 (CFE + PiSP) has no pipeline in Buildroot's libcamera.
+LIBCAMERA_BOARDS = {"peercam_rpi4_64_defconfig", "peercam_rpi3_64_defconfig", "peercam_zero2w_64_defconfig"}
+LIBCAMERA_SYMBOLS = ("BR2_PACKAGE_LIBCAMERA", "BR2_PACKAGE_LIBCAMERA_V4L2", "BR2_PACKAGE_LIBCAMERA_PIPELINE_RPI_VC4")
 # Symbols the peercam defconfigs deliberately set differently from Buildroot's board defconfigs.
 OVERRIDDEN = {
     "BR2_ROOTFS_POST_BUILD_SCRIPT", "BR2_ROOTFS_POST_IMAGE_SCRIPT", "BR2_PACKAGE_RPI_FIRMWARE_CONFIG_FILE",
@@ -213,6 +219,20 @@ def check_defconfigs(buildroot):
             os.path.join(overlay, "etc/systemd/resolved.conf.d/peercam-mdns.conf"))
         check(mdns_resolved or v.get("BR2_PACKAGE_AVAHI_DAEMON") == "y", "mDNS responder (systemd-resolved MulticastDNS=yes, or avahi)")
         check(v.get("BR2_ROOTFS_DEVICE_CREATION_DYNAMIC_EUDEV") is None, "no eudev (systemd brings udev)")
+        # CSI camera modules through libcamera (src/capture/libcamera/README.md): the boards with a
+        # Buildroot pipeline get it, with the V4L2 compatibility layer peercam preloads.
+        if name in LIBCAMERA_BOARDS:
+            for key in LIBCAMERA_SYMBOLS:
+                check(v.get(key) == "y", f"{key}=y (CSI cameras through libcamera)")
+            if buildroot:
+                conf = read(os.path.join(buildroot, "package", "libcamera", "Config.in")) if os.path.isfile(
+                    os.path.join(buildroot, "package", "libcamera", "Config.in")) else ""
+                for key in LIBCAMERA_SYMBOLS:
+                    check(re.search(rf"^(menu)?config {key}$", conf, re.M) is not None, f"{key} exists in Buildroot's package/libcamera/Config.in")
+            config_txt = expand_ext(v.get("BR2_PACKAGE_RPI_FIRMWARE_CONFIG_FILE") or "")
+            if os.path.isfile(config_txt):
+                check(re.search(r"^camera_auto_detect=1", read(config_txt), re.M) is not None,
+                      f"{os.path.basename(config_txt)}: camera_auto_detect=1 (the sensor's overlay loads)")
         check("$(BR2_EXTERNAL_PEERCAM_PATH)/board/peercam/rootfs-overlay" in (v.get("BR2_ROOTFS_OVERLAY") or "").split(), "BR2_ROOTFS_OVERLAY has the peercam overlay")
         extra = (v.get("BR2_PACKAGE_RPI_FIRMWARE_EXTRA_FILES") or "").split()
         for f in ("peercam.toml", "wifi.txt"):

@@ -17,7 +17,7 @@
 #
 # Environment: CARGO (default cargo), CARGO_TARGET_DIR (default target/), PEERCAM_BIN (default peercam).
 #
-# What it sets per target (see DESIGN "Test rig 4"):
+# What it sets per target (see docs/test-rigs.md, rig 4):
 #   CARGO_TARGET_<T>_LINKER, CC_/CXX_/AR_<t>          Debian's <triple>-gcc / g++ / ar
 #   PKG_CONFIG_ALLOW_CROSS_<t>=1, PKG_CONFIG_LIBDIR_<t>  only the target's multiarch .pc files (alsa.pc),
 #                                                     never the host's (target-suffixed: host build
@@ -45,24 +45,15 @@ as_root() {
     else die "need root for: $*"; fi
 }
 
-pkg_installed() { dpkg-query -W -f='${Status}' "$1" 2>/dev/null | grep -q "install ok installed"; }
-
-APT_UPDATED=0
-apt_install() {
+source "$ROOT/scripts/packages.sh"
+source "$ROOT/scripts/apt-install.sh"   # simulated first: a multiarch install that would remove a
+                                        # host package (libc6-dev, once) fails instead
+apt_install_or_die() {
     local missing=() p
-    for p in "$@"; do pkg_installed "$p" || missing+=("$p"); done
+    for p in "$@"; do _apt_installed "$p" || missing+=("$p"); done
     [ "${#missing[@]}" -eq 0 ] && return 0
     [ "$NO_INSTALL" = 1 ] && die "missing Debian packages: ${missing[*]} (run without --no-install)"
-    log "apt-get install ${missing[*]}"
-    if [ "$APT_UPDATED" = 0 ]; then
-        # a mirror mid-sync can fail one index (e.g. security's armhf list): go on, the install decides
-        as_root apt-get update -qq >&2 || log "apt-get update reported errors; trying the install anyway"
-        APT_UPDATED=1
-    fi
-    # --no-remove: a foreign-arch Multi-Arch "same" package whose version does not match the host's
-    # (e.g. a mirror mid-sync) must make the install fail, never make apt remove host packages.
-    as_root env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --no-remove \
-        "${missing[@]}" >&2 || die "apt-get install ${missing[*]} failed (see above; nothing was removed)"
+    apt_install "${missing[@]}" || die "apt-get install ${missing[*]} failed (see above)"
 }
 
 install_deps() {
@@ -70,17 +61,17 @@ install_deps() {
     triple="$(gnu_triple "$key")"; arch="$(deb_arch "$key")"; rt="$(rust_target "$key")"
     command -v dpkg >/dev/null || die "this script needs a Debian/Ubuntu host (dpkg multiarch)"
     # host tools: bindgen needs libclang; opusic-sys builds libopus with cmake; alsa-sys uses pkg-config
-    apt_install pkg-config cmake clang libclang-dev
     if [ "$(dpkg --print-architecture)" != "$arch" ] && ! dpkg --print-foreign-architectures | grep -qx "$arch"; then
         [ "$NO_INSTALL" = 1 ] && die "dpkg architecture $arch not enabled (dpkg --add-architecture $arch)"
         log "dpkg --add-architecture $arch"
         as_root dpkg --add-architecture "$arch"
-        APT_UPDATED=0
+        _APT_UPDATED=0
     fi
     # gcc-<triple> brings the target's kernel headers (linux-libc-dev-<arch>-cross, /usr/<triple>/include):
     # enough for bindgen's <linux/videodev2.h>; linux-libc-dev:<arch> is not needed (and must match the
     # host's version exactly, a common cause of apt conflicts).
-    apt_install "gcc-$triple" "g++-$triple" "libasound2-dev:$arch"
+    # shellcheck disable=SC2046
+    apt_install_or_die $(peercam_cross_packages "$triple" "$arch")
     if ! rustup target list --installed 2>/dev/null | grep -qx "$rt"; then
         [ "$NO_INSTALL" = 1 ] && die "rust target $rt not installed (rustup target add $rt)"
         log "rustup target add $rt"

@@ -11,6 +11,7 @@ pub mod http;
 pub mod hub;
 pub mod pipeline;
 pub mod rtc;
+pub mod notify;
 pub mod selftest;
 pub mod service;
 pub mod signal;

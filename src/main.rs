@@ -32,6 +32,31 @@ enum Command {
         #[arg(long)]
         json: bool,
     },
+    /// Diagnostic: drive a V4L2 memory-to-memory encoder through the service's M2M code path
+    /// (format negotiation, buffers, keyframe on request, bitrate in place, stream off/on,
+    /// decode + PSNR where the kernel has a decoder) and print a JSON report. Exit 0 if all
+    /// checks passed, 1 if one failed, 3 if the device failed or vanished.
+    #[command(hide = true)]
+    EncoderCheck {
+        /// The encoder node; default: the first M2M device that makes --codec.
+        #[arg(long)]
+        device: Option<String>,
+        /// h264 (a Pi's bcm2835-codec) or fwht (the kernel's vicodec, for tests).
+        #[arg(long, default_value = "h264")]
+        codec: String,
+        /// The decoder node to check the output with; "none" skips it; default: look for one.
+        #[arg(long)]
+        decoder: Option<String>,
+        #[arg(long, default_value_t = 320)]
+        width: u32,
+        #[arg(long, default_value_t = 240)]
+        height: u32,
+        #[arg(long, default_value_t = 10)]
+        fps: u32,
+        /// Only encode, for this many seconds or until the device fails (vanishing-device test).
+        #[arg(long)]
+        run_seconds: Option<u64>,
+    },
     /// Encode a few seconds of the test pattern and tone, print timings, exit 0 if all worked.
     Selftest {
         /// Frames of video to encode.
@@ -81,6 +106,40 @@ fn read_password() -> Result<String, String> {
     Ok(first)
 }
 
+/// Re-execs under libcamera's V4L2 compatibility layer when `[video]` wants a camera and a
+/// libcamera camera is present (`capture::libcamera`). `Some(code)`: exit with it (an error the
+/// user must fix); `None`: go on in this process.
+fn libcamera_preload(config: &peercam::config::Config) -> Option<ExitCode> {
+    use peercam::capture::libcamera::{self, Plan};
+    use peercam::config::VideoSourceKind;
+    let v = &config.video;
+    if !matches!(v.source, VideoSourceKind::Auto | VideoSourceKind::Libcamera) {
+        return None;
+    }
+    let non_empty = |s: &str| (!s.is_empty()).then(|| s.to_string());
+    let setup = libcamera::Setup {
+        required: v.source == VideoSourceKind::Libcamera,
+        compat: non_empty(&v.libcamera_v4l2_compat),
+        tuning_file: non_empty(&v.libcamera_tuning_file),
+    };
+    match libcamera::plan(&setup) {
+        Ok(Plan::Stay) => None,
+        Ok(Plan::StayWithout(e)) => {
+            eprintln!("peercam: warning: {e}");
+            None
+        }
+        Ok(Plan::Reexec(env)) => {
+            let e = libcamera::reexec(&env);
+            eprintln!("peercam: {e}");
+            Some(ExitCode::FAILURE)
+        }
+        Err(e) => {
+            eprintln!("peercam: {e}");
+            Some(ExitCode::from(2))
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -118,6 +177,13 @@ fn main() -> ExitCode {
             return ExitCode::from(2);
         }
     };
+    // CSI cameras: when a libcamera camera is present, run again with libcamera's V4L2 layer
+    // preloaded (before any thread or device is opened). Only for the commands that open cameras.
+    if matches!(cli.command, None | Some(Command::Run) | Some(Command::Devices { .. }))
+        && let Some(code) = libcamera_preload(&config)
+    {
+        return code;
+    }
     match cli.command.unwrap_or(Command::Run) {
         Command::HashPassword | Command::NewToken => unreachable!("handled above"),
         Command::Devices { json } => {
@@ -128,6 +194,29 @@ fn main() -> ExitCode {
                 print!("{}", peercam::capture::devices::render_text(&list));
             }
             ExitCode::SUCCESS
+        }
+        Command::EncoderCheck { device, codec, decoder, width, height, fps, run_seconds } => {
+            use peercam::codec::m2m::{self, check};
+            let Some(codec) = m2m::Codec::parse(&codec) else {
+                eprintln!("peercam: --codec must be h264 or fwht");
+                return ExitCode::from(2);
+            };
+            let args = check::CheckArgs { device, codec, decoder, width, height, fps, run_seconds };
+            match check::run(&args) {
+                Ok(report) => {
+                    println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());
+                    match (report["ok"].as_bool(), report.get("error")) {
+                        (Some(true), _) => ExitCode::SUCCESS,
+                        (_, Some(_)) => ExitCode::from(3),
+                        _ => ExitCode::FAILURE,
+                    }
+                }
+                Err(e) => {
+                    println!("{}", serde_json::json!({ "ok": false, "error": e }));
+                    eprintln!("peercam: encoder-check: {e}");
+                    ExitCode::from(3)
+                }
+            }
         }
         Command::CheckConfig => {
             print!("{}", config.to_toml());

@@ -1,4 +1,4 @@
-// peercam viewer: a plain WHEP (RFC 9725) client plus the `control` data channel (src/rtc/CONTROL.md):
+// peercam viewer: a plain WHEP (draft-ietf-wish-whep) client plus the `control` data channel (src/rtc/CONTROL.md):
 // talk-back, live settings, privacy, chat. No framework and no build step, because the page is embedded
 // in the device's binary and must load instantly from a small ARM board.
 'use strict';
@@ -72,6 +72,22 @@ function setState(state, text) {
   statusText.textContent = text;
 }
 
+// ICE servers for the peer connection (GET /api/ice: STUN/TURN from the device's config, TURN
+// credentials minted for this login). Fetched once and again shortly before the credentials
+// expire; without them (an older device, an error) the connection uses host candidates only.
+let ice = { servers: [], expires: 0, pending: null };
+function iceServers() {
+  const fresh = ice.expires === 0 ? ice.fetched : Date.now() / 1000 < ice.expires - 60;
+  if (!fresh && !ice.pending) {
+    ice.pending = fetch('/api/ice', { signal: AbortSignal.timeout(2000) })
+      .then((r) => (r.ok ? r.json() : null))
+      .then((j) => { if (j) ice = { servers: j.iceServers || [], expires: j.expires_unix || 0, fetched: true, pending: null }; })
+      .catch(() => {})
+      .finally(() => { ice.pending = null; ice.fetched = true; });
+  }
+  return ice.pending ? Promise.race([ice.pending, new Promise((r) => setTimeout(r, 2000))]).then(() => ice.servers) : Promise.resolve(ice.servers);
+}
+
 async function connect() {
   const gen = ++generation;
   clearTimeout(retryTimer);
@@ -83,7 +99,9 @@ async function connect() {
   const t0 = performance.now();
   const timing = peercam.timing = {};
 
-  const pc = peercam.pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle' });
+  const iceList = await iceServers();
+  if (gen !== generation) return;
+  const pc = peercam.pc = new RTCPeerConnection({ bundlePolicy: 'max-bundle', iceServers: iceList });
   pc.addTransceiver('video', { direction: 'recvonly' });
   // sendrecv from the start, with no track: talking is a replaceTrack(), never a renegotiation.
   audioSender = pc.addTransceiver('audio', { direction: 'sendrecv' }).sender;
@@ -249,10 +267,19 @@ function watchForStall(pc, gen) {
 // ---- stats overlay ---------------------------------------------------------------------------
 
 let prevStats = null;
+let myLink = null, linkAsked = 0;   // this viewer's link as the device's congestion control sees it
+
+async function refreshLink() {
+  if (peercam.control !== 'open' || performance.now() - linkAsked < 2000) return;
+  linkAsked = performance.now();
+  const r = await request({ type: 'get_settings' });
+  if (r.ok) myLink = (r.result.links || []).find((l) => l.viewer === peercam.viewerId) || null;
+}
 
 async function updateStats() {
   const pc = peercam.pc;
   if (statsEl.hidden) return;
+  refreshLink().catch(() => {});
   if (!pc) { statsEl.textContent = 'not connected'; return; }
   const report = await pc.getStats();
   let v = {}, a = {}, pair = null, transport = null, bytes = 0;
@@ -267,11 +294,18 @@ async function updateStats() {
   const codec = (s) => (report.get(s.codecId)?.mimeType || '?').split('/')[1];
   const ms = (sec) => (sec == null ? '–' : `${(sec * 1000).toFixed(1)} ms`);
   const buffer = v.jitterBufferEmittedCount ? v.jitterBufferDelay / v.jitterBufferEmittedCount : null;
+  // Direct or through a TURN relay: the selected pair's candidate types (either end relayed = relayed).
+  const local = pair && report.get(pair.localCandidateId), remote = pair && report.get(pair.remoteCandidateId);
+  const relayed = local?.candidateType === 'relay' || remote?.candidateType === 'relay';
+  peercam.path = pair ? (relayed ? 'relayed' : 'direct') : null;
+  const path = pair ? `${relayed ? 'relayed (TURN)' : 'direct'} · ${local?.candidateType ?? '?'} ↔ ${remote?.candidateType ?? '?'}` : '–';
   statsEl.textContent = [
     `video   ${codec(v)} ${v.frameWidth ?? '–'}×${v.frameHeight ?? '–'} @ ${v.framesPerSecond ?? 0} fps`,
     `audio   ${codec(a)}`,
     `bitrate ${kbps.toFixed(0)} kbit/s`,
     `rtt     ${ms(pair?.currentRoundTripTime)}`,
+    `link    ${path}`,
+    `        ${myLink ? `${Math.round(myLink.estimate_bps / 1000)} kbit/s estimated · ${myLink.rung} picture · loss ${(myLink.loss * 100).toFixed(1)} %` : '–'}`,
     `lost    video ${v.packetsLost ?? 0} · audio ${a.packetsLost ?? 0} packets`,
     `jitter  video ${ms(v.jitter)} · audio ${ms(a.jitter)}`,
     `buffer  ${ms(buffer)} · dropped ${v.framesDropped ?? 0} frames`,
@@ -308,6 +342,7 @@ document.addEventListener('keydown', (e) => {
   else if (e.key === 'f') toggleFullscreen();
   else if (e.key === 's') toggleStats();
   else if (e.key === 'm') { if (video.muted) unmute(); else video.muted = true; }
+  else if (e.key === 'n') setListenOnly(!peercam.listenOnly);
 });
 
 document.addEventListener('keyup', (e) => { if (e.key === 't' && !typing(e)) talkRelease(); });
@@ -380,6 +415,8 @@ function onControlMessage(data) {
     return;
   }
   if (m.type !== 'event') return;
+  // Levels come four times a second: kept apart so they do not push the other events out.
+  if (m.event === 'sound_level') { setSoundLevel(m); return; }
   peercam.events.push({ ...m, received: Date.now() });
   if (peercam.events.length > MAX_EVENTS) peercam.events.shift();
   switch (m.event) {
@@ -391,6 +428,7 @@ function onControlMessage(data) {
       if (m.settings) showSettings(m.settings);
       if (m.camera) setCamera(m.camera);
       if (chatName.value.trim()) request({ type: 'set_name', name: chatName.value.trim() }).catch(() => {});
+      if (peercam.listenOnly) sendListenOnly();   // a new connection starts with video: ask again
       break;
     case 'viewer_joined': case 'viewer_left': setViewers(m.viewers); break;
     case 'talker_changed': setTalker(m.talker, m.name); break;
@@ -398,9 +436,228 @@ function onControlMessage(data) {
     case 'settings_changed': showSettings(m.settings); break;
     case 'camera': setCamera(m.state); break;
     case 'chat': addChat(m); break;
+    case 'noise': case 'cry': onSoundAlert(m); break;
+    case 'recording': if (!recEl.hidden) loadRecordings(); break;
+    case 'record_error': recState.textContent = `Recording stopped: ${m.message}`; break;
+    case 'lullaby': showLullaby(m.lullaby, m.reason === 'failed' ? m.message : null); break;
+    case 'night': showNightVision({ ...(peercam.settings?.night || {}), mode: m.mode, state: m.state, luma: m.luma }, m.reason); break;
     default: break;
   }
 }
+
+// ---- sound: the level meter and the noise / cry alerts (issue 14) ----------------------------
+
+const soundEl = $('sound'), soundLevelEl = $('sound-level'), soundDb = $('sound-db');
+const alertEl = $('alert'), alertsBtn = $('btn-alerts');
+const MAX_ALERTS = 50;
+peercam.sound = { level: null, alerts: [], announced: 0 };
+let alertCtx = null, alertHide = null;
+
+function setSoundLevel(m) {
+  peercam.sound.level = { ...m, received: Date.now() };
+  soundEl.hidden = false;
+  // −70 dBFS (a quiet room) … 0 dBFS on the bar.
+  const frac = Math.max(0, Math.min(1, (m.level_db + 70) / 70));
+  soundLevelEl.style.transform = `scaleX(${frac.toFixed(3)})`;
+  soundDb.textContent = `${Math.round(m.level_db)} dB`;
+  soundEl.dataset.loud = m.peak_db >= -32 ? 'yes' : 'no';
+}
+
+function onSoundAlert(m) {
+  peercam.sound.alerts.push({ ...m, received: Date.now() });
+  if (peercam.sound.alerts.length > MAX_ALERTS) peercam.sound.alerts.shift();
+  const what = m.event === 'cry' ? 'Crying' : 'Noise';
+  const at = new Date(m.start).toLocaleTimeString();
+  clearTimeout(alertHide);
+  alertEl.hidden = false;
+  alertEl.dataset.kind = m.event;
+  alertEl.dataset.state = m.state;
+  if (m.state === 'start') {
+    alertEl.textContent = `${what} at the camera since ${at}`;
+    announce(what, at);
+  } else {
+    const secs = Math.max(1, Math.round((m.end - m.start) / 1000));
+    alertEl.textContent = `${what} stopped (${secs} s, loudest ${Math.round(m.peak_db)} dB)`;
+    alertHide = setTimeout(() => { alertEl.hidden = true; }, 15000);
+  }
+}
+
+// A notification when permitted, a vibration on phones, a short two-tone chime.
+function announce(what, at) {
+  peercam.sound.announced++;
+  try { if (navigator.vibrate) navigator.vibrate([300, 150, 300]); } catch { /* not allowed without a gesture */ }
+  if ('Notification' in window && Notification.permission === 'granted') {
+    try { new Notification(`peercam: ${what}`, { body: `${what} at the camera since ${at}`, tag: `peercam-${what}` }); } catch { /* e.g. Android needs a service worker */ }
+  }
+  chime();
+}
+
+// The one audio context of the alert chime and the link alarm, running (or null: no Web Audio).
+function alertAudio() {
+  const Ctx = window.AudioContext || window.webkitAudioContext;
+  if (!Ctx) return null;
+  alertCtx = alertCtx || new Ctx();
+  if (alertCtx.state === 'suspended') alertCtx.resume().catch(() => {});
+  return alertCtx;
+}
+
+function chime() {
+  try {
+    if (!alertAudio()) return;
+    const t = alertCtx.currentTime;
+    [[880, 0], [660, 0.22]].forEach(([f, d]) => {
+      const o = alertCtx.createOscillator(), g = alertCtx.createGain();
+      o.frequency.value = f;
+      g.gain.setValueAtTime(0.0001, t + d);
+      g.gain.exponentialRampToValueAtTime(0.3, t + d + 0.02);
+      g.gain.exponentialRampToValueAtTime(0.0001, t + d + 0.2);
+      o.connect(g).connect(alertCtx.destination);
+      o.start(t + d); o.stop(t + d + 0.21);
+    });
+  } catch { /* no audio output */ }
+}
+
+// Permission and the audio context need a user gesture: the Alerts button.
+alertsBtn.addEventListener('click', async () => {
+  const Ctx = window.AudioContext || window.webkitAudioContext;
+  if (Ctx) { alertCtx = alertCtx || new Ctx(); alertCtx.resume().catch(() => {}); }
+  let ok = true;
+  if ('Notification' in window && Notification.permission === 'default') {
+    try { ok = (await Notification.requestPermission()) === 'granted'; } catch { ok = false; }
+  }
+  alertsBtn.setAttribute('aria-pressed', 'true');
+  alertsBtn.title = ok ? 'Alerts on: notification, vibration and a sound' : 'Notifications blocked: alerts show here with a sound';
+  chime();
+});
+
+// ---- the link alarm: the camera went silent ---------------------------------------------------
+// Media (audio or video bytes) or the control channel stopped for ALARM_MS after the page had been
+// live: a loud local alarm, a red message and a notification, repeated until the camera is back.
+// The page keeps reconnecting by itself meanwhile (see connect / retry).
+
+const ALARM_MS = 5000;            // media or control silent this long → alarm (checked every second)
+const ALARM_REPEAT_MS = 2000;     // the alarm tone repeats this often while it lasts
+const alarmEl = $('link-alarm');
+peercam.alarm = { on: false, since: null, raised: 0, cleared: 0, tones: 0, reason: null, lastMediaAt: null };
+let alarmLastBytes = -1, alarmPc = null, controlDownSince = null, alarmTimer = 0;
+
+async function checkLink() {
+  const now = Date.now(), pc = peercam.pc, a = peercam.alarm;
+  if (pc && pc.connectionState === 'connected') {
+    if (pc !== alarmPc) { alarmPc = pc; alarmLastBytes = -1; }
+    const bytes = await bytesReceived(pc).catch(() => alarmLastBytes);
+    if (bytes > alarmLastBytes) { if (alarmLastBytes >= 0 || a.lastMediaAt == null) a.lastMediaAt = now; alarmLastBytes = bytes; }
+  }
+  if (peercam.control === 'open') controlDownSince = null; else controlDownSince ??= now;
+  if (a.lastMediaAt == null) return;   // never live yet: the status line says what is happening
+  const mediaGone = now - a.lastMediaAt >= ALARM_MS;
+  const controlGone = controlDownSince != null && now - controlDownSince >= ALARM_MS;
+  if ((mediaGone || controlGone) && !a.on) raiseAlarm(mediaGone ? 'no sound or picture' : 'no control connection');
+  else if (!mediaGone && !controlGone && a.on) clearAlarm();
+  if (a.on) {
+    const secs = Math.round((now - a.since) / 1000);
+    alarmEl.textContent = `No connection to the camera for ${secs} s (${a.reason}). Check the camera — reconnecting…`;
+  }
+}
+
+function raiseAlarm(reason) {
+  const a = peercam.alarm;
+  Object.assign(a, { on: true, since: Math.min(a.lastMediaAt, controlDownSince ?? Infinity), reason });
+  a.raised++;
+  alarmEl.hidden = false;
+  document.body.classList.add('alarm');
+  try { if (navigator.vibrate) navigator.vibrate([600, 200, 600, 200, 600]); } catch { /* no gesture yet */ }
+  if ('Notification' in window && Notification.permission === 'granted') {
+    try { new Notification('peercam: camera not reachable', { body: `No sound or picture since ${new Date(a.since).toLocaleTimeString()}`, tag: 'peercam-link', requireInteraction: true }); } catch { /* needs a service worker */ }
+  }
+  alarmTone();
+  clearInterval(alarmTimer);
+  alarmTimer = setInterval(alarmTone, ALARM_REPEAT_MS);
+}
+
+function clearAlarm() {
+  const a = peercam.alarm;
+  a.on = false;
+  a.cleared++;
+  clearInterval(alarmTimer);
+  alarmEl.hidden = true;
+  document.body.classList.remove('alarm');
+}
+
+// Three loud square-wave beeps: unlike the alert chime, this must wake a sleeping parent.
+function alarmTone() {
+  try {
+    if (!alertAudio()) return;
+    const t = alertCtx.currentTime;
+    for (let i = 0; i < 3; i++) {
+      const o = alertCtx.createOscillator(), g = alertCtx.createGain();
+      o.type = 'square';
+      o.frequency.value = 1000;
+      g.gain.setValueAtTime(0.25, t + i * 0.3);
+      g.gain.setValueAtTime(0.0001, t + i * 0.3 + 0.18);
+      o.connect(g).connect(alertCtx.destination);
+      o.start(t + i * 0.3); o.stop(t + i * 0.3 + 0.2);
+    }
+    peercam.alarm.tones++;
+    peercam.alarm.audio = alertCtx.state;
+  } catch { /* no audio output */ }
+}
+
+setInterval(checkLink, 1000);
+
+// ---- listen-only (night) ---------------------------------------------------------------------
+// The device stops sending this page video (and stops the camera if nobody else watches); the
+// sound goes on, the OS shows it as playing (Media Session), and the screen may be kept on.
+
+const nightEl = $('night'), nightBtn = $('btn-night'), nightWake = $('night-wake');
+peercam.listenOnly = false;       // what this page wants
+peercam.listenOnlyDevice = null;  // what the device confirmed (true / false), null before it answered
+let wakeLock = null;
+
+async function sendListenOnly() {
+  const on = peercam.listenOnly;
+  try {
+    const r = await request({ type: 'listen_only', on });
+    if (r.ok && peercam.listenOnly === on) peercam.listenOnlyDevice = r.result.listen_only;
+  } catch { /* not connected: sent again on the next hello */ }
+}
+
+function setListenOnly(on) {
+  peercam.listenOnly = on;
+  document.body.classList.toggle('night', on);
+  nightEl.hidden = !on;
+  nightBtn.setAttribute('aria-pressed', String(on));
+  if ('mediaSession' in navigator) {
+    try {
+      navigator.mediaSession.metadata = on ? new MediaMetadata({ title: 'Listening to the camera', artist: 'peercam', album: location.host }) : null;
+      navigator.mediaSession.playbackState = on ? 'playing' : 'none';
+      // Lock-screen controls: pause mutes, play unmutes (the stream itself never stops).
+      navigator.mediaSession.setActionHandler('pause', on ? () => { video.muted = true; navigator.mediaSession.playbackState = 'paused'; } : null);
+      navigator.mediaSession.setActionHandler('play', on ? () => { unmute(); navigator.mediaSession.playbackState = 'playing'; } : null);
+    } catch { /* older browsers: no metadata */ }
+  }
+  if (!on) setWakeLock(false);
+  else if (nightWake.checked) setWakeLock(true);
+  if (peercam.control === 'open') sendListenOnly();
+}
+
+async function setWakeLock(on) {
+  if (!on) { if (wakeLock) { wakeLock.release().catch(() => {}); wakeLock = null; } peercam.wakeLock = false; return; }
+  if (!('wakeLock' in navigator)) { nightWake.checked = false; nightWake.disabled = true; nightWake.parentElement.title = 'This browser cannot keep the screen on'; return; }
+  try {
+    wakeLock = await navigator.wakeLock.request('screen');
+    peercam.wakeLock = true;
+    wakeLock.addEventListener('release', () => { peercam.wakeLock = false; });
+  } catch { peercam.wakeLock = false; }
+}
+
+// A wake lock ends when the page is hidden; take it again when the parent comes back.
+document.addEventListener('visibilitychange', () => {
+  if (document.visibilityState === 'visible' && peercam.listenOnly && nightWake.checked && (!wakeLock || wakeLock.released)) setWakeLock(true);
+});
+nightBtn.addEventListener('click', () => setListenOnly(!peercam.listenOnly));
+$('night-off').addEventListener('click', () => setListenOnly(false));
+nightWake.addEventListener('change', () => setWakeLock(nightWake.checked && peercam.listenOnly));
 
 // ---- presence and banner ---------------------------------------------------------------------
 
@@ -629,6 +886,7 @@ const privacy = { video: $('priv-video'), audio: $('priv-audio') };
 function showSettings(s) {
   if (!s) return;
   peercam.settings = s;
+  if (s.night) showNightVision(s.night);
   const v = s.video || {}, a = s.audio || {};
   if (typeof v.enabled === 'boolean') setTrackEnabled('video', v.enabled, pausedBy.video);
   if (typeof a.enabled === 'boolean') setTrackEnabled('audio', a.enabled, pausedBy.audio);
@@ -643,7 +901,65 @@ function showSettings(s) {
   if (v.bitrate_kbps) bitrateIn.value = v.bitrate_kbps;
 }
 
+// ---- night vision: IR LEDs / IR-cut filter and greyscale (control protocol `night`) ------------
+
+const nv = { mode: $('nv-mode'), state: $('nv-state') };
+peercam.night = null;
+const NV_REASONS = { mode: 'mode changed', dark: 'it got dark', bright: 'it got light', watched: 'someone watches', unwatched: 'nobody watches' };
+
+function showNightVision(n, reason) {
+  if (!n || !n.mode) return;
+  peercam.night = n;
+  if (peercam.settings) peercam.settings.night = n;
+  if (document.activeElement !== nv.mode) nv.mode.value = n.mode;
+  const lines = [n.ir_led && 'IR LEDs', n.ir_cut && 'IR-cut filter'].filter(Boolean).join(' + ') || 'no IR lines configured';
+  nv.state.textContent = `Now: ${n.state === 'night' ? 'night (infrared' + (n.greyscale ? ', greyscale' : '') + ')' : 'day'}` +
+    `${reason ? ` — ${NV_REASONS[reason] || reason}` : ''} · ${lines}${n.luma != null ? ` · brightness ${n.luma}` : ''}` +
+    `${n.error ? ` · problem: ${n.error}` : ''}`;
+}
+
+nv.mode.addEventListener('change', async () => {
+  try {
+    const r = await request({ type: 'night', mode: nv.mode.value });
+    if (!r.ok) { nv.state.textContent = errorText(r.error); return; }
+    showNightVision(r.result);
+  } catch (e) { nv.state.textContent = e.message; }
+});
+
 function settingsError(text) { settingsErr.textContent = text || ''; settingsErr.hidden = !text; }
+
+// ---- lullaby: a noise or sound file on the camera's speaker (control protocol `lullaby`) -------
+
+const lull = { box: $('lullaby'), sound: $('lull-sound'), volume: $('lull-volume'), timer: $('lull-timer'), state: $('lull-state') };
+peercam.lullaby = null;
+
+let lullRefresh = null;
+function showLullaby(l, problem) {
+  peercam.lullaby = l || null;
+  // A stop fades out for 2 s with no event at its end: ask again once it is over.
+  clearTimeout(lullRefresh);
+  if (l?.stopping) lullRefresh = setTimeout(() => lullabyRequest({ action: 'status' }), 2500);
+  lull.state.textContent = problem ? `Stopped: ${problem}`
+    : l ? `Playing ${l.sound} at ${l.volume_percent} %${l.remaining_s != null ? `, ${Math.ceil(l.remaining_s / 60)} min left` : ''}${l.stopping ? ' (fading out)' : ''}${l.ducked ? ' (quieter while someone talks)' : ''}`
+    : 'Not playing';
+}
+
+async function lullabyRequest(body) {
+  try {
+    const r = await request({ type: 'lullaby', ...body });
+    if (!r.ok) { lull.state.textContent = errorText(r.error); return; }
+    const files = (r.result?.sounds || []).filter((s) => s.kind === 'file');
+    for (const f of files) if (![...lull.sound.options].some((o) => o.value === f.name)) lull.sound.add(new Option(f.name, f.name));
+    showLullaby(r.result?.lullaby);
+  } catch (e) { lull.state.textContent = e.message; }
+}
+
+$('lull-start').addEventListener('click', () => {
+  const body = { action: 'start', sound: lull.sound.value, volume_percent: Number(lull.volume.value) };
+  if (lull.timer.value) body.timer_min = Number(lull.timer.value);
+  lullabyRequest(body);
+});
+$('lull-stop').addEventListener('click', () => lullabyRequest({ action: 'stop' }));
 
 $('constraints-form').addEventListener('submit', async (e) => {
   e.preventDefault();
@@ -719,18 +1035,100 @@ $('chat-form').addEventListener('submit', async (e) => {
   }
 });
 
+// ---- recordings (issue 15): list, play, download, delete ------------------------------------
+
+const recEl = $('recordings'), recBtn = $('btn-recordings'), recList = $('rec-list'), recState = $('rec-state');
+const recPlayer = $('rec-player');
+let recUrl = null;   // the object URL playing now (revoked when another one plays)
+
+function recApi(name, init = {}) {
+  const path = name ? `api/recordings/${encodeURIComponent(name)}` : 'api/recordings';
+  return fetch(new URL(path, location.href), { credentials: 'same-origin', ...init, headers: { ...AUTH, ...(init.headers || {}) } });
+}
+
+// The file is fetched with the page's credentials (a <video src> could not send the bearer token)
+// and played from a blob: clips are short; Chromium plays fragmented MP4 with H.264 + Opus.
+async function recBlob(name) {
+  const r = await recApi(name);
+  if (!r.ok) throw new Error(`HTTP ${r.status}`);
+  return URL.createObjectURL(await r.blob());
+}
+
+function fmtClip(c) {
+  const when = new Date(c.start).toLocaleString();
+  const secs = Math.round(c.duration_ms / 1000);
+  return `${when} · ${c.trigger} · ${secs} s · ${(c.bytes / 1e6).toFixed(1)} MB${c.recording ? ' · recording' : ''}`;
+}
+
+async function loadRecordings() {
+  try {
+    await ensureToken();
+    const r = await recApi();
+    if (r.status === 404) { recState.textContent = 'Recording is off ([record] mode in the configuration).'; recList.replaceChildren(); return; }
+    if (!r.ok) throw new Error(`HTTP ${r.status}`);
+    const info = await r.json();
+    recState.textContent = info.clips.length ? `${info.clips.length} clip(s), mode ${info.mode}` : `No clips yet (mode ${info.mode}).`;
+    recList.replaceChildren(...info.clips.map((c) => {
+      const li = document.createElement('li');
+      li.dataset.name = c.name;
+      const label = document.createElement('span');
+      label.textContent = fmtClip(c);
+      const play = document.createElement('button');
+      play.type = 'button'; play.textContent = 'Play'; play.className = 'rec-play';
+      play.addEventListener('click', async () => {
+        try {
+          const url = await recBlob(c.name);
+          if (recUrl) URL.revokeObjectURL(recUrl);
+          recUrl = url;
+          recPlayer.hidden = false;
+          recPlayer.src = url;
+          await recPlayer.play();
+        } catch (err) { recState.textContent = `Cannot play: ${err.message}`; }
+      });
+      const dl = document.createElement('button');
+      dl.type = 'button'; dl.textContent = 'Download';
+      dl.addEventListener('click', async () => {
+        try {
+          const url = await recBlob(c.name);
+          const a = document.createElement('a');
+          a.href = url; a.download = c.name; a.click();
+          setTimeout(() => URL.revokeObjectURL(url), 60000);
+        } catch (err) { recState.textContent = `Cannot download: ${err.message}`; }
+      });
+      const del = document.createElement('button');
+      del.type = 'button'; del.textContent = 'Delete'; del.disabled = c.recording;
+      del.addEventListener('click', async () => {
+        if (!confirm(`Delete ${c.name}?`)) return;
+        const r = await recApi(c.name, { method: 'DELETE' });
+        if (!r.ok && r.status !== 404) recState.textContent = `Cannot delete: HTTP ${r.status}`;
+        loadRecordings();
+      });
+      li.append(label, play, dl, del);
+      return li;
+    }));
+  } catch (err) {
+    recState.textContent = `Cannot list recordings: ${err.message}`;
+  }
+}
+
 // One sheet at a time; they stay open while the rest of the chrome fades.
 function toggleSheet(sheet, btn) {
   const open = sheet.hidden;
-  for (const [s, b] of [[settingsEl, settingsBtn], [chatEl, chatBtn]]) { s.hidden = true; b.setAttribute('aria-pressed', 'false'); }
+  for (const [s, b] of [[settingsEl, settingsBtn], [chatEl, chatBtn], [recEl, recBtn]]) { s.hidden = true; b.setAttribute('aria-pressed', 'false'); }
   sheet.hidden = !open;
   btn.setAttribute('aria-pressed', String(open));
   document.body.classList.toggle('sheet-open', open);
   if (open && sheet === chatEl) { unread = 0; chatUnread.hidden = true; chatText.focus(); }
   if (open && sheet === settingsEl) { showSettings(peercam.settings); if (peercam.control === 'open') request({ type: 'get_settings' }).then((r) => r.ok && showSettings(r.result)).catch(() => {}); }
 }
-settingsBtn.addEventListener('click', () => toggleSheet(settingsEl, settingsBtn));
+settingsBtn.addEventListener('click', () => {
+  toggleSheet(settingsEl, settingsBtn);
+  // The lullaby needs the camera's speaker; its state and the sound files come from the device.
+  lull.box.hidden = peercam.talkback === false;
+  if (!settingsEl.hidden && !lull.box.hidden) lullabyRequest({ action: 'status' });
+});
 chatBtn.addEventListener('click', () => toggleSheet(chatEl, chatBtn));
+recBtn.addEventListener('click', () => { toggleSheet(recEl, recBtn); if (!recEl.hidden) loadRecordings(); });
 updateTalkUi();
 
 // ---- lifecycle -------------------------------------------------------------------------------

@@ -440,6 +440,8 @@ pub fn format_cost(fourcc: FourCc, allow_h264: bool) -> Option<u32> {
         b"YUYV" | b"UYVY" | b"YVYU" | b"VYUY" => Some(2),
         b"MJPG" | b"JPEG" => Some(3),
         b"H264" if allow_h264 => Some(4),
+        // Packed RGB (libcamera's vimc pipeline, some ISPs): a colour-space conversion per pixel.
+        b"RGB3" | b"BGR3" => Some(5),
         _ => None,
     }
 }
@@ -777,7 +779,7 @@ pub fn resolve_video(
             devices.iter().flat_map(|d| d.formats.iter().map(|f| f.fourcc.as_str())).collect();
         return Err(Overconstrained {
             constraint: "format".into(),
-            wanted: "a format peercam can convert (YU12, NV12, YUYV, UYVY, MJPG)".into(),
+            wanted: "a format peercam can convert (YU12, NV12, YUYV, UYVY, MJPG, RGB3, BGR3)".into(),
             subject,
             offers: if offered.is_empty() { "no capture formats".into() } else { summarize(&offered) },
         });
@@ -1050,7 +1052,7 @@ mod tests {
     }
 
     /// vivid's complete mode list (83 formats) as `peercam devices --json` printed it inside the
-    /// rig-3 VM (Debian arm64 kernel 6.1).
+    /// rig-3 VM (docs/test-rigs.md; Debian arm64 kernel 6.1).
     fn vivid_from_the_vm() -> VideoDeviceModes {
         let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/modes/vivid-6.1-devices.json");
         let doc: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(path).unwrap()).unwrap();
@@ -1077,11 +1079,11 @@ mod tests {
             let r = resolve_video(std::slice::from_ref(&d), Some(&StrConstraint::exact("vivid")), &c, false).unwrap();
             assert_eq!((r.mode.fourcc.as_str().as_str(), r.mode.width, r.mode.height, r.mode.fps()), (f, 640, 480, 10.0));
         }
-        // vivid offers RGB formats, which peercam does not convert: asking for one names it.
-        let c = VideoConstraints { format: Some(StrConstraint::exact("RGB3")), ..Default::default() };
+        // vivid offers RGB 5-6-5, which peercam does not convert: asking for it names it.
+        let c = VideoConstraints { format: Some(StrConstraint::exact("RGBP")), ..Default::default() };
         let e = resolve_video(&[d], None, &c, false).unwrap_err();
         assert_eq!(e.constraint, "format");
-        assert!(e.offers.contains("YUYV") && !e.offers.contains("RGB3"), "{}", e.offers);
+        assert!(e.offers.contains("YUYV") && !e.offers.contains("RGBP"), "{}", e.offers);
     }
 
     #[test]
@@ -1117,7 +1119,7 @@ mod tests {
     fn fixtures_parse_as_the_drivers_list_them() {
         let v = vivid();
         // vivid (webcam input) lists the same sizes for every format; 640x480 up to 25 fps,
-        // 1280x720 up to 12.5 fps (DESIGN rig 3).
+        // 1280x720 up to 12.5 fps (docs/test-rigs.md, rig 3).
         let yuyv = v.formats.iter().find(|f| f.fourcc == FourCc(*b"YUYV")).unwrap();
         assert_eq!(yuyv.sizes.len(), 6);
         let max_fps = |w: u32, h: u32| {

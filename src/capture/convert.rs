@@ -34,11 +34,14 @@ enum Kind {
     /// Packed 4:2:2: byte offsets of Y0, U, Y1, V in each 4-byte group.
     Packed422 { y0: usize, u: usize, y1: usize, v: usize },
     Mjpeg,
+    /// Packed 24-bit RGB (RGB3: R, G, B bytes; BGR3: B, G, R): what libcamera's vimc pipeline
+    /// and its software ISP paths give. BT.601, limited range, chroma of each 2x2 block averaged.
+    Rgb24 { r: usize, b: usize },
 }
 
 /// Formats this module turns into I420.
-pub const SUPPORTED: [&[u8; 4]; 10] =
-    [b"YU12", b"YV12", b"NV12", b"NV21", b"YUYV", b"UYVY", b"YVYU", b"VYUY", b"MJPG", b"JPEG"];
+pub const SUPPORTED: [&[u8; 4]; 12] =
+    [b"YU12", b"YV12", b"NV12", b"NV21", b"YUYV", b"UYVY", b"YVYU", b"VYUY", b"MJPG", b"JPEG", b"RGB3", b"BGR3"];
 
 impl Converter {
     /// `bytesperline` as the driver reported it (0 = tightly packed).
@@ -53,6 +56,8 @@ impl Converter {
             b"YVYU" => Kind::Packed422 { y0: 0, v: 1, y1: 2, u: 3 },
             b"VYUY" => Kind::Packed422 { v: 0, y0: 1, u: 2, y1: 3 },
             b"MJPG" | b"JPEG" => Kind::Mjpeg,
+            b"RGB3" => Kind::Rgb24 { r: 0, b: 2 },
+            b"BGR3" => Kind::Rgb24 { r: 2, b: 0 },
             _ => return Err(format!("pixel format {fourcc} cannot be converted to I420")),
         };
         if width < 2 || height < 2 {
@@ -60,6 +65,7 @@ impl Converter {
         }
         let min_stride = match kind {
             Kind::Packed422 { .. } => width as usize * 2,
+            Kind::Rgb24 { .. } => width as usize * 3,
             _ => width as usize,
         };
         let stride = if bytesperline == 0 { min_stride } else { bytesperline as usize };
@@ -81,7 +87,7 @@ impl Converter {
         match self.kind {
             Kind::Planar420 { .. } => s * h + 2 * (s / 2) * (h / 2),
             Kind::SemiPlanar420 { .. } => s * h + s * (h / 2),
-            Kind::Packed422 { .. } => s * h,
+            Kind::Packed422 { .. } | Kind::Rgb24 { .. } => s * h,
             Kind::Mjpeg => 0,
         }
     }
@@ -137,6 +143,30 @@ impl Converter {
                         // 4:2:2 → 4:2:0: average the two lines' chroma, rounding.
                         urow[x] = ((ga[ou] as u16 + gb[ou] as u16 + 1) >> 1) as u8;
                         vrow[x] = ((ga[ov] as u16 + gb[ov] as u16 + 1) >> 1) as u8;
+                    }
+                }
+            }
+            Kind::Rgb24 { r, b } => {
+                let cw = w / 2;
+                let luma = |px: &[u8]| -> u8 {
+                    let (rr, gg, bb) = (px[r] as i32, px[1] as i32, px[b] as i32);
+                    (((66 * rr + 129 * gg + 25 * bb + 128) >> 8) + 16) as u8
+                };
+                for row in (0..h).step_by(2) {
+                    let a = &src[row * s..row * s + w * 3];
+                    let bl = &src[(row + 1) * s..(row + 1) * s + w * 3];
+                    let (ya, yb) = y[row * w..(row + 2) * w].split_at_mut(w);
+                    let (urow, vrow) = (&mut u[row / 2 * cw..row / 2 * cw + cw], &mut v[row / 2 * cw..row / 2 * cw + cw]);
+                    for x in 0..cw {
+                        let (p, q) = (6 * x, 6 * x + 3);
+                        ya[2 * x] = luma(&a[p..p + 3]);
+                        ya[2 * x + 1] = luma(&a[q..q + 3]);
+                        yb[2 * x] = luma(&bl[p..p + 3]);
+                        yb[2 * x + 1] = luma(&bl[q..q + 3]);
+                        let sum = |c: usize| a[p + c] as i32 + a[q + c] as i32 + bl[p + c] as i32 + bl[q + c] as i32;
+                        let (rr, gg, bb) = ((sum(r) + 2) >> 2, (sum(1) + 2) >> 2, (sum(b) + 2) >> 2);
+                        urow[x] = (((-38 * rr - 74 * gg + 112 * bb + 128) >> 8) + 128) as u8;
+                        vrow[x] = (((112 * rr - 94 * gg - 18 * bb + 128) >> 8) + 128) as u8;
                     }
                 }
             }
@@ -199,7 +229,8 @@ impl Converter {
     }
 }
 
-fn copy_plane(src: &[u8], stride: usize, dst: &mut [u8], w: usize, h: usize) {
+/// `h` rows of `w` bytes from a plane with `stride` bytes per row into a packed plane.
+pub fn copy_plane(src: &[u8], stride: usize, dst: &mut [u8], w: usize, h: usize) {
     for row in 0..h {
         dst[row * w..row * w + w].copy_from_slice(&src[row * stride..row * stride + w]);
     }
@@ -363,6 +394,25 @@ mod tests {
 
     fn rows(plane: &[u8], w: usize) -> Vec<Vec<u8>> {
         plane.chunks(w).map(|c| c.to_vec()).collect()
+    }
+
+    #[test]
+    fn packed_rgb_becomes_bt601_limited_range() {
+        // 4x2: white, black, pure red, pure blue in the top row; the bottom row repeats it.
+        let px: [[u8; 3]; 4] = [[255, 255, 255], [0, 0, 0], [255, 0, 0], [0, 0, 255]];
+        for (fourcc, swap) in [(b"RGB3", false), (b"BGR3", true)] {
+            let line: Vec<u8> = px.iter().flat_map(|p| if swap { [p[2], p[1], p[0]] } else { *p }).collect();
+            let src = pad(&[line.clone(), line], 16); // stride 16 > 12: padding is skipped
+            let mut c = Converter::new(FourCc(*fourcc), 4, 2, 16).unwrap();
+            let mut f = VideoFrame::new(2, 2);
+            c.convert(&src, &mut f).unwrap();
+            let (y, u, v) = f.planes();
+            assert_eq!(&y[..4], &[235, 16, 82, 41], "{} Y", FourCc(*fourcc));
+            // Left block: white + black averaged = grey (neutral chroma); right: red + blue.
+            assert_eq!((u[0], v[0]), (128, 128), "{} grey", FourCc(*fourcc));
+            assert!(u[1] > 140 && v[1] > 140, "{} red+blue is magenta: U {} V {}", FourCc(*fourcc), u[1], v[1]);
+        }
+        assert!(Converter::new(FourCc(*b"RGB3"), 4, 2, 8).is_err(), "stride shorter than 3 bytes a pixel");
     }
 
     #[test]

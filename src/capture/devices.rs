@@ -50,6 +50,9 @@ impl VideoDevice {
             }
         }
         n.push(self.card.clone());
+        if self.driver == super::libcamera::DRIVER {
+            n.push(self.driver.clone());
+        }
         n.dedup();
         n
     }
@@ -165,18 +168,28 @@ fn v4l_links() -> BTreeMap<PathBuf, Vec<PathBuf>> {
 
 /// Every V4L2 video capture device. Nodes that are not capture devices (metadata nodes,
 /// encoders, outputs) are left out; nodes that cannot be opened are logged at debug level.
+///
+/// Under libcamera's V4L2 layer every capture node of a camera's media device opens the same
+/// libcamera camera: it is listed once (its first node), and libcamera cameras come first (the
+/// camera module the appliance is built around, before a USB webcam that happens to be there).
 pub fn list_video() -> Vec<VideoDevice> {
     let links = v4l_links();
-    video_nodes()
-        .into_iter()
-        .filter_map(|node| match probe_video(&node, &links) {
-            Ok(d) => d,
-            Err(e) => {
-                log::debug!("{}: {e}", node.display());
-                None
+    let mut out: Vec<VideoDevice> = Vec::new();
+    for node in video_nodes() {
+        match probe_video(&node, &links) {
+            Ok(Some(d)) => {
+                let dup = d.driver == super::libcamera::DRIVER
+                    && out.iter().any(|o| o.driver == d.driver && o.bus == d.bus);
+                if !dup {
+                    out.push(d);
+                }
             }
-        })
-        .collect()
+            Ok(None) => {}
+            Err(e) => log::debug!("{}: {e}", node.display()),
+        }
+    }
+    out.sort_by_key(|d| d.driver != super::libcamera::DRIVER);
+    out
 }
 
 /// Probes one node: `Ok(None)` if it is not a video capture device.
@@ -185,6 +198,17 @@ pub fn probe_video(node: &Path, links: &BTreeMap<PathBuf, Vec<PathBuf>>) -> Resu
     let caps = dev.query_caps().map_err(|e| format!("not a V4L2 device: {e}"))?;
     if !caps.capabilities.contains(v4l::capability::Flags::VIDEO_CAPTURE) {
         return Ok(None);
+    }
+    let libcamera = caps.driver == super::libcamera::DRIVER;
+    if !libcamera
+        && super::libcamera::querycap_fd(dev.handle().fd()).is_some_and(|(_, c)| c & super::libcamera::CAP_IO_MC != 0)
+    {
+        // Unicam, vimc, …: raw frames from a pipeline only the media controller sets up.
+        return Err(format!(
+            "{} ({}) is a media-controller capture node: its camera is used through libcamera \
+             (src/capture/libcamera/README.md), not as a plain V4L2 camera",
+            caps.card, caps.driver
+        ));
     }
     let canonical = std::fs::canonicalize(node).unwrap_or_else(|_| node.to_path_buf());
     let mut my_links: Vec<PathBuf> = links.get(&canonical).cloned().unwrap_or_default();
@@ -201,9 +225,34 @@ pub fn probe_video(node: &Path, links: &BTreeMap<PathBuf, Vec<PathBuf>>) -> Resu
         card: caps.card.clone(),
         driver: caps.driver.clone(),
         bus: caps.bus.clone(),
-        formats: enumerate_formats(&dev),
+        formats: if libcamera { libcamera_rates(&dev, enumerate_formats(&dev)) } else { enumerate_formats(&dev) },
         controls: enumerate_controls(&dev),
     }))
+}
+
+/// libcamera's V4L2 layer enumerates no frame intervals. With `VIDIOC_G_PARM` (libcamera ≥ 0.3.2,
+/// which turns `S_PARM` into `FrameDurationLimits`) every size is offered at 1..=MAX_FPS;
+/// without it (0.0.x up to 0.3.1) the rate cannot be set and each size is listed at a nominal
+/// `NOMINAL_FPS` (the camera runs at libcamera's default rate).
+fn libcamera_rates(dev: &v4l::Device, mut formats: Vec<FormatModes>) -> Vec<FormatModes> {
+    use super::libcamera::{MAX_FPS, NOMINAL_FPS};
+    let settable = dev.params().is_ok();
+    for f in &mut formats {
+        for s in &mut f.sizes {
+            if matches!(&s.intervals, IntervalRange::Discrete { intervals } if intervals.is_empty()) {
+                s.intervals = if settable {
+                    IntervalRange::Stepwise {
+                        min: Fraction::new(1, MAX_FPS),
+                        max: Fraction::new(1, 1),
+                        step: Fraction::new(1, 1000),
+                    }
+                } else {
+                    IntervalRange::Discrete { intervals: vec![Fraction::new(1, NOMINAL_FPS)] }
+                };
+            }
+        }
+    }
+    formats
 }
 
 fn frac(f: v4l::Fraction) -> Fraction {

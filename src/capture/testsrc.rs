@@ -5,7 +5,9 @@
 use super::constraints::{
     resolve_video, FormatModes, FourCc, Fraction, IntervalRange, SizeModes, SizeRange, VideoConstraints, VideoDeviceModes,
 };
-use super::{font, timecode, unix_now_us, ApplyError, CaptureError, VideoFrame, VideoSource};
+use super::{font, timecode, unix_now_us, ApplyError, CaptureError, Frame, VideoFrame, VideoSource};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 /// BT.601 limited-range YUV of the classic bars: white, yellow, cyan, green, magenta, red, blue.
@@ -27,6 +29,17 @@ pub struct TestPattern {
     frame_index: u64,
     /// The bars never change: painted once, copied into each frame.
     background: Vec<u8>,
+    /// Share of the picture (a band at the bottom, in %) with sensor-like noise.
+    noise_percent: u32,
+    /// Whether the box and the strip move (shared, so it can change live: a scene with and
+    /// without motion for the motion detector's tests). The clock and the code always run.
+    moving: Arc<AtomicBool>,
+    /// How far the box and the strip have gone (advances only while `moving`), and when.
+    box_step: u64,
+    box_at: Option<Instant>,
+    /// While set, the picture is drawn at an eighth of its brightness: a dark room for the
+    /// night-vision tests (`POST /api/test-pattern {"dark": true}`).
+    dark: Arc<AtomicBool>,
 }
 
 impl TestPattern {
@@ -40,11 +53,44 @@ impl TestPattern {
             start: Instant::now(),
             frame_index: 0,
             background: bg.data,
+            noise_percent: 0,
+            moving: Arc::new(AtomicBool::new(true)),
+            box_step: 0,
+            box_at: None,
+            dark: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Shares a switch that stops (false) and restarts the box and the strip.
+    pub fn with_motion_switch(mut self, moving: Arc<AtomicBool>) -> Self {
+        self.moving = moving;
+        self
+    }
+
+    /// Shares a switch that darkens the picture (true) and brightens it again.
+    pub fn with_dark_switch(mut self, dark: Arc<AtomicBool>) -> Self {
+        self.dark = dark;
+        self
+    }
+
+    /// Covers the bottom `percent` of the picture with fresh low-amplitude noise every frame,
+    /// as a real sensor in dim light gives: the plain pattern needs only ~0.6 Mbit/s at 720p,
+    /// so an encoder at 2.5 Mbit/s never spends its budget. With noise it does (and, having
+    /// low amplitude, the noise is quantized away at low bitrates instead of costing frames),
+    /// which is what link tests and benchmarks of rate adaptation need.
+    pub fn with_noise(mut self, percent: u32) -> Self {
+        self.noise_percent = percent.min(100);
+        self
     }
 
     /// Draws frame number `index` captured at `unix_us` (no pacing; used by benches and tests).
     pub fn render(&self, frame: &mut VideoFrame, index: u64, unix_us: u64) {
+        self.render_box_at(frame, index, index, unix_us)
+    }
+
+    /// [`TestPattern::render`] with the box and the strip at `box_step` (they stand still while
+    /// it does) and the counter, clock and code at `index` / `unix_us`.
+    pub fn render_box_at(&self, frame: &mut VideoFrame, index: u64, box_step: u64, unix_us: u64) {
         frame.resize(self.width, self.height);
         frame.data.copy_from_slice(&self.background);
         frame.capture_unix_us = unix_us;
@@ -55,7 +101,7 @@ impl TestPattern {
         let side = (h / 6).max(16) & !1;
         let span_x = (w - side).max(1) as u64;
         let span_y = (h / 2 - side / 2).max(1) as u64;
-        let step = index * 4;
+        let step = box_step * 4;
         let bx = bounce(step, span_x) as usize & !1;
         let by = (h / 3 + bounce(step * 3 / 4, span_y) as usize) & !1;
         for row in by..(by + side).min(h) {
@@ -73,8 +119,20 @@ impl TestPattern {
         for row in strip_top..(strip_top + strip_h).min(h) {
             let line = &mut y[row * w..row * w + w];
             for (x, px) in line.iter_mut().enumerate() {
-                let phase = (x + row + (index as usize) * 6) % 64;
+                let phase = (x + row + (box_step as usize) * 6) % 64;
                 *px = if phase < 32 { 200 } else { 40 };
+            }
+        }
+
+        if self.noise_percent > 0 {
+            let top = h - h * self.noise_percent as usize / 100;
+            let mut state = (index as u32).wrapping_mul(0x9E37_79B9) | 1;
+            for px in &mut y[top * w..h * w] {
+                // xorshift32: cheap, different every frame
+                state ^= state << 13;
+                state ^= state >> 17;
+                state ^= state << 5;
+                *px = (*px as i32 + (state & 31) as i32 - 16).clamp(16, 235) as u8;
             }
         }
 
@@ -127,7 +185,7 @@ impl VideoSource for TestPattern {
         "testsrc".into()
     }
 
-    fn next_frame(&mut self, frame: &mut VideoFrame) -> Result<(), CaptureError> {
+    fn next_frame(&mut self, frame: &mut Frame) -> Result<(), CaptureError> {
         let period = Duration::from_secs(1) / self.fps;
         let now = Instant::now();
         let mut due = self.start + period * self.frame_index as u32;
@@ -140,7 +198,21 @@ impl VideoSource for TestPattern {
         if due > now {
             std::thread::sleep(due - now);
         }
-        self.render(frame, self.frame_index, unix_now_us());
+        // The box moves with time, not per frame read: a reader that takes a frame now and then
+        // (motion detection with nobody watching) sees it as far on as a camera would show it.
+        let now = Instant::now();
+        if self.moving.load(Ordering::Relaxed) {
+            let periods = self.box_at.map_or(1, |t| ((now - t).as_secs_f64() / period.as_secs_f64()).round() as u64);
+            self.box_step += periods.clamp(1, self.fps as u64 * 10);
+        }
+        self.box_at = Some(now);
+        self.render_box_at(frame.i420_mut(), self.frame_index, self.box_step, unix_now_us());
+        if self.dark.load(Ordering::Relaxed) {
+            let (y, _, _) = frame.i420_mut().planes_mut();
+            for px in y {
+                *px = 16 + px.saturating_sub(16) / 8;
+            }
+        }
         self.frame_index += 1;
         Ok(())
     }
@@ -153,7 +225,10 @@ impl VideoSource for TestPattern {
         let device = VideoDeviceModes { names: vec!["testsrc".into()], formats: vec![test_pattern_modes()] };
         let choice = resolve_video(&[device], None, c, false)?;
         let m = choice.mode;
-        *self = TestPattern::new(m.width & !1, m.height & !1, (m.fps().round() as u32).clamp(1, 60));
+        let moving = self.moving.clone();
+        *self = TestPattern::new(m.width & !1, m.height & !1, (m.fps().round() as u32).clamp(1, 60))
+            .with_noise(self.noise_percent)
+            .with_motion_switch(moving);
         Ok(())
     }
 }
@@ -230,7 +305,7 @@ mod tests {
     #[test]
     fn paces_at_the_configured_rate() {
         let mut p = TestPattern::new(320, 240, 50);
-        let mut f = VideoFrame::new(320, 240);
+        let mut f = Frame::new(320, 240);
         let t0 = Instant::now();
         for _ in 0..11 {
             p.next_frame(&mut f).unwrap();

@@ -1,4 +1,4 @@
-//! The test pattern's timestamp code (a contract, see DESIGN.md "Interfaces").
+//! The test pattern's timestamp code (a contract: docs/interfaces.md, "Test pattern timestamp code").
 //!
 //! Block size `b = max(8, width / 40)`; 34 square blocks on row 0 from x = 0: block 0 white,
 //! block 1 black (reference levels), blocks 2..33 are bits 31..0 of the capture time in Unix

@@ -13,11 +13,9 @@ use super::constraints::{
 };
 use super::convert::Converter;
 use super::devices::{self, ControlInfo, VideoDevice};
-use super::{unix_now_us, ApplyError, CameraH264, CameraLink, CaptureError, Problem, VideoFrame, VideoSource};
-use crate::config::VideoConfig;
+use super::{unix_now_us, ApplyError, CaptureError, Frame, Problem, VideoSource};
 use std::collections::BTreeMap;
 use std::io;
-use std::sync::Arc;
 use std::time::{Duration, Instant};
 use v4l::buffer::Type as BufType;
 use v4l::io::traits::CaptureStream;
@@ -40,10 +38,14 @@ pub const IDLE_STREAM_OFF: Duration = Duration::from_secs(10);
 const IDLE_RETRY: Duration = Duration::from_secs(2);
 /// `V4L2_CID_MPEG_VIDEO_FORCE_KEY_FRAME` (a button in the codec class).
 pub const CID_FORCE_KEY_FRAME: u32 = 0x0099_0900 + 229;
+/// `V4L2_CID_MPEG_VIDEO_BITRATE` (bit/s; the codec class). UVC H.264 cameras rarely have it;
+/// the Pi's encoder (`bcm2835-codec`) and most M2M encoders do.
+pub const CID_VIDEO_BITRATE: u32 = 0x0099_0900 + 207;
 /// `V4L2_CID_MPEG_VIDEO_H264_PROFILE` (menu: 0 baseline, 1 constrained baseline, 2 main, …).
 pub const CID_H264_PROFILE: u32 = 0x0099_0900 + 363;
 
-/// What the config asks for.
+/// Which camera and mode to open (the pipeline builds it from `[video]`; see
+/// `pipeline::request`).
 #[derive(Debug, Clone, PartialEq)]
 pub struct CameraRequest {
     pub device: Option<StrConstraint>,
@@ -52,18 +54,8 @@ pub struct CameraRequest {
 }
 
 impl CameraRequest {
-    /// `[video]` → request: constraints the config leaves unset take `width`, `height`, `fps`
-    /// as their ideal.
-    pub fn from_config(v: &VideoConfig) -> Self {
-        let mut c = v.constraints.clone();
-        c.width.get_or_insert(NumConstraint::ideal(v.width.get() as f64));
-        c.height.get_or_insert(NumConstraint::ideal(v.height.get() as f64));
-        c.frame_rate.get_or_insert(NumConstraint::ideal(v.fps.get() as f64));
-        Self { device: v.device.clone(), constraints: c, controls: v.controls.clone() }
-    }
-
     /// The size and rate to show while nothing is open (the ideal, or exact, values).
-    fn nominal(&self) -> (u32, u32, u32) {
+    pub fn nominal(&self) -> (u32, u32, u32) {
         let pick = |c: &Option<NumConstraint>, d: f64| {
             c.as_ref().and_then(|c| c.exact.or(c.ideal).or(c.max).or(c.min)).unwrap_or(d)
         };
@@ -88,8 +80,12 @@ struct Open {
     last_sequence: Option<u32>,
     /// The device's force-key-frame control, if it has one.
     force_key_frame: Option<u32>,
+    /// The camera's H.264 bitrate control, when it has one.
+    bitrate: Option<BitrateControl>,
     /// (stable id, node) for messages.
     name: (String, String),
+    /// A libcamera camera behind libcamera's V4L2 compatibility layer (`capture::libcamera`).
+    libcamera: bool,
 }
 
 /// What becomes of a dequeued buffer.
@@ -111,8 +107,12 @@ pub struct V4l2Camera {
     last_error: String,
     /// Why the camera is not streaming, for `/api/settings` (live).
     problem: Problem,
-    /// H.264 passthrough: the way back from the encode thread, and the access unit count.
-    link: Arc<CameraLink>,
+    /// H.264 passthrough: an IDR asked for by the pipeline (`request_keyframe`), a refusal of
+    /// the camera's H.264 not acted on yet (`refuse_h264`), and the access unit count.
+    want_idr: bool,
+    refusal: Option<String>,
+    /// A bitrate asked for by the pipeline, not set on the camera yet.
+    want_bitrate: Option<u32>,
     h264_sequence: u64,
     /// Why the camera's H.264 was refused (its profile): its H.264 modes are not chosen again.
     h264_refused: Option<String>,
@@ -143,7 +143,9 @@ impl V4l2Camera {
             next_retry: Instant::now(),
             last_error: String::new(),
             problem: Problem::default(),
-            link: Arc::default(),
+            want_idr: false,
+            refusal: None,
+            want_bitrate: None,
             h264_sequence: 0,
             h264_refused: None,
             idle_closed: false,
@@ -181,7 +183,8 @@ impl V4l2Camera {
             Ok((open, opened)) => {
                 let m = opened.mode;
                 self.size = (open.conv_size().0, open.conv_size().1, m.fps().round().max(1.0) as u32);
-                self.label = format!("v4l2 {} ({}) {}", opened.device.id, opened.device.card, m.fourcc);
+                let kind = if open.libcamera { "libcamera" } else { "v4l2" };
+                self.label = format!("{kind} {} ({}) {}", opened.device.id, opened.device.card, m.fourcc);
                 if matches!(open.sink, Sink::H264 { .. }) {
                     // Whatever came before is no reference for what the camera sends now.
                     self.h264_sequence += super::H264_REOPEN_JUMP;
@@ -193,6 +196,17 @@ impl V4l2Camera {
                         );
                     } else {
                         log::info!("camera {}: H.264 passthrough, IDRs on request (force-key-frame control)", opened.device.id);
+                    }
+                    match &open.bitrate {
+                        Some(b) => log::info!(
+                            "camera {}: its H.264 bitrate follows the viewers' links ({}-{} kbit/s, V4L2 bitrate control)",
+                            opened.device.id, b.min / 1000, b.max / 1000
+                        ),
+                        None => log::info!(
+                            "camera {}: no bitrate control, so its H.264 goes out at the camera's own rate; viewers on \
+                             links slower than that fall behind (choose a raw format to let peercam's encoder adapt)",
+                            opened.device.id
+                        ),
                     }
                 }
                 self.mode = Some(m);
@@ -239,20 +253,36 @@ impl V4l2Camera {
 
     /// Serves the passthrough's requests: a refused profile (reopen without H.264) and IDRs.
     fn serve_link(&mut self) {
-        if let Some(why) = self.link.take_refusal() {
+        if let Some(why) = self.refusal.take() {
             log::error!("{}: {why}", self.label);
             self.h264_refused = Some(why);
             self.release();
             self.next_retry = Instant::now();
             return;
         }
-        if self.link.take_idr_request()
+        if std::mem::take(&mut self.want_idr)
             && let Some(open) = self.open.as_ref()
             && let Some(id) = open.force_key_frame
         {
             let c = v4l::control::Control { id, value: v4l::control::Value::None };
             if let Err(e) = open.dev.set_control(c) {
                 log::debug!("{}: force-key-frame failed: {e}", self.label);
+            }
+        }
+        if let Some(bps) = self.want_bitrate.take()
+            && let Some(open) = self.open.as_mut()
+            && let Some(b) = open.bitrate.as_mut()
+        {
+            let value = b.clamp(bps);
+            if b.current != Some(value) {
+                let c = v4l::control::Control { id: b.id, value: v4l::control::Value::Integer(value as i64) };
+                match open.dev.set_control(c) {
+                    Ok(()) => {
+                        log::debug!("{}: bitrate set to {} kbit/s", self.label, value / 1000);
+                        b.current = Some(value);
+                    }
+                    Err(e) => log::debug!("{}: setting the bitrate failed: {e}", self.label),
+                }
             }
         }
     }
@@ -276,7 +306,28 @@ impl VideoSource for V4l2Camera {
         self.label.clone()
     }
 
-    fn next_frame(&mut self, frame: &mut VideoFrame) -> Result<(), CaptureError> {
+    fn request_keyframe(&mut self) {
+        self.want_idr = true;
+    }
+
+    fn refuse_h264(&mut self, why: String) {
+        self.refusal = Some(why);
+    }
+
+    fn rate_control(&self) -> crate::capture::RateControl {
+        use crate::capture::RateControl;
+        match self.open.as_ref() {
+            Some(Open { sink: Sink::H264 { .. }, bitrate: Some(b), .. }) => RateControl::Camera { bps: b.current.unwrap_or(0) },
+            Some(Open { sink: Sink::H264 { .. }, bitrate: None, .. }) => RateControl::Fixed,
+            _ => RateControl::Encoder,
+        }
+    }
+
+    fn set_bitrate(&mut self, bps: u32) {
+        self.want_bitrate = Some(bps);
+    }
+
+    fn next_frame(&mut self, frame: &mut Frame) -> Result<(), CaptureError> {
         self.serve_link();
         if self.open.is_none() {
             if Instant::now() < self.next_retry {
@@ -291,12 +342,18 @@ impl VideoSource for V4l2Camera {
                 // STREAMOFF drops the queued (stale) buffers; the next dequeue requeues and
                 // starts again. A failure here shows up on that dequeue.
                 let _ = v4l::io::traits::Stream::stop(&mut open.stream);
+                if open.libcamera {
+                    // libcamera's V4L2 layer (0.0.3 to 0.7.1) stops the camera on a STREAMOFF but
+                    // leaves its cancelled requests holding their buffers: the next QBUF fails
+                    // ("FrameBuffer already set for stream", ENOMEM). A second STREAMOFF, on the
+                    // stopped camera, recycles every request (seen in the rig-3 VM with vimc).
+                    let _ = v4l::io::traits::Stream::stop(&mut open.stream);
+                }
             }
         }
         loop {
             let open = self.open.as_mut().expect("opened above");
-            open.last_dequeue = Instant::now();
-            let (h264_sequence, link) = (&mut self.h264_sequence, &self.link);
+            let h264_sequence = &mut self.h264_sequence;
             let result = open.stream.next().map(|(buf, meta)| {
                 let used = (meta.bytesused as usize).min(buf.len());
                 let error = meta.flags.contains(v4l::buffer::Flags::ERROR) || used == 0;
@@ -305,29 +362,34 @@ impl VideoSource for V4l2Camera {
                 open.last_sequence = Some(meta.sequence);
                 let out = match &mut open.sink {
                     _ if error => Ok(()),
-                    Sink::Raw(conv) => {
-                        frame.h264 = None;
-                        conv.convert(&buf[..used], frame)
-                    }
+                    Sink::Raw(conv) => conv.convert(&buf[..used], frame.i420_mut()),
                     Sink::H264 { width, height } => {
                         // One access unit per buffer, handed on as it is; a jump in the
                         // sequence tells the passthrough that units were lost.
                         *h264_sequence += 1 + lost as u64;
-                        frame.data.clear();
-                        frame.data.extend_from_slice(&buf[..used]);
-                        (frame.width, frame.height) = (*width, *height);
-                        frame.h264 = Some(CameraH264 { sequence: *h264_sequence, link: link.clone() });
+                        let unit = frame.h264_mut();
+                        unit.data.clear();
+                        unit.data.extend_from_slice(&buf[..used]);
+                        (unit.width, unit.height) = (*width, *height);
+                        unit.sequence = *h264_sequence;
                         Ok(())
                     }
                 };
                 (error, out, ts)
             });
+            // When the dequeue returned, not when it began: a camera slower than IDLE_RESTART
+            // (a libcamera pipeline under emulation, a long exposure) is not restarted every frame.
+            open.last_dequeue = Instant::now();
             match result {
                 Ok((true, _, _)) => continue, // the driver flagged a corrupt buffer: next one
                 Ok((false, Ok(()), ts)) => {
                     open.timeouts = 0;
                     open.bad_frames = 0;
-                    frame.capture_unix_us = capture_time_us(ts);
+                    let t = capture_time_us(ts);
+                    match frame {
+                        Frame::I420(f) => f.capture_unix_us = t,
+                        Frame::H264(u) => u.capture_unix_us = t,
+                    }
                     return Ok(());
                 }
                 Ok((false, Err(e), _)) => {
@@ -399,6 +461,15 @@ impl VideoSource for V4l2Camera {
     /// Reopens the camera with the new constraints; if it cannot meet them, reopens it as it
     /// was (the device must be closed first: it cannot change format while streaming).
     fn apply_constraints(&mut self, c: &VideoConstraints) -> Result<(), ApplyError> {
+        // Resolve against the cameras' modes first: a request no mode meets is refused with the
+        // constraint it names, without closing a camera that viewers are watching.
+        let cams = devices::list_video();
+        let modes: Vec<_> = cams.iter().map(|c| c.modes()).collect();
+        if let Err(e) = resolve_video(&modes, self.req.device.as_ref(), c, self.h264_refused.is_none()) {
+            if e.constraint != "device" {
+                return Err(ApplyError::Overconstrained(e));
+            }
+        }
         let old = self.req.clone();
         self.close("reconfiguring".into());
         self.req.constraints = c.clone();
@@ -488,6 +559,14 @@ fn open_device(req: &CameraRequest, allow_h264: bool) -> Result<(Open, Opened), 
         Sink::Raw(Converter::new(got, fmt.width, fmt.height, fmt.stride)?)
     };
     let force_key_frame = cam.controls.iter().find(|c| c.id == CID_FORCE_KEY_FRAME).map(|c| c.id);
+    let bitrate = match &sink {
+        Sink::H264 { .. } => cam
+            .controls
+            .iter()
+            .find(|c| c.id == CID_VIDEO_BITRATE && !c.read_only)
+            .and_then(BitrateControl::from_info),
+        Sink::Raw(_) => None,
+    };
     let mut actual = mode;
     actual.width = fmt.width;
     actual.height = fmt.height;
@@ -499,7 +578,19 @@ fn open_device(req: &CameraRequest, allow_h264: bool) -> Result<(Open, Opened), 
         Ok(_) => {}
         Err(e) => log::debug!("camera {}: cannot set the frame interval: {e}", cam.path),
     }
-    let warnings = apply_controls(&dev, &cam.controls, &req.controls);
+    let mut warnings = apply_controls(&dev, &cam.controls, &req.controls);
+    if cam.driver == super::libcamera::DRIVER {
+        if dev.params().is_err() {
+            warnings.push(format!(
+                "libcamera's V4L2 layer here cannot set the frame rate (no VIDIOC_S_PARM before libcamera 0.3.2): \
+                 the camera runs at libcamera's default rate, listed as a nominal {} fps",
+                super::libcamera::NOMINAL_FPS
+            ));
+        }
+        if (fmt.width, fmt.height) != (mode.width, mode.height) {
+            warnings.push(format!("libcamera adjusted {}x{} to {}x{}", mode.width, mode.height, fmt.width, fmt.height));
+        }
+    }
     let mut stream = MmapStream::with_buffers(&dev, BufType::VideoCapture, BUFFERS).map_err(|e| match e.raw_os_error() {
         Some(libc::EBUSY) => busy_message(&cam.id, &cam.path),
         _ => format!("camera {}: cannot map buffers: {}", cam.path, describe_io(&e)),
@@ -515,10 +606,43 @@ fn open_device(req: &CameraRequest, allow_h264: bool) -> Result<(Open, Opened), 
             last_dequeue: Instant::now(),
             last_sequence: None,
             force_key_frame,
+            bitrate,
             name: (cam.id.clone(), cam.path.clone()),
+            libcamera: cam.driver == super::libcamera::DRIVER,
         },
         Opened { device: cam, mode: actual, warnings },
     ))
+}
+
+/// A camera encoder's `V4L2_CID_MPEG_VIDEO_BITRATE`: its range and what it was last set to.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BitrateControl {
+    pub id: u32,
+    pub min: u32,
+    pub max: u32,
+    pub step: u32,
+    pub current: Option<u32>,
+}
+
+impl BitrateControl {
+    pub fn from_info(c: &ControlInfo) -> Option<Self> {
+        let min = u32::try_from(c.min.max(1)).ok()?;
+        let max = u32::try_from(c.max.min(u32::MAX as i64)).ok()?;
+        (min <= max).then(|| Self {
+            id: c.id,
+            min,
+            max,
+            step: u32::try_from(c.step.max(1)).unwrap_or(1),
+            current: c.current.and_then(|v| u32::try_from(v).ok()),
+        })
+    }
+
+    /// `bps` within the control's range, on its step grid.
+    pub fn clamp(&self, bps: u32) -> u32 {
+        let v = bps.clamp(self.min, self.max);
+        let v = self.min + (v - self.min) / self.step * self.step;
+        v.clamp(self.min, self.max)
+    }
 }
 
 /// "camera X (/dev/videoN) is busy: …" naming the processes that hold the device open.
@@ -631,8 +755,21 @@ pub fn control_value(c: &ControlInfo, value: &ControlValue) -> Result<i64, Strin
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::Config;
     use std::path::Path;
+
+    #[test]
+    fn a_bitrate_control_is_clamped_to_its_range_and_step() {
+        let mut info = ctl("video_bitrate", "int", 25_000, 25_000_000, &[]);
+        info.id = CID_VIDEO_BITRATE;
+        info.step = 25_000;
+        let b = BitrateControl::from_info(&info).unwrap();
+        assert_eq!(b.clamp(1_000), 25_000);
+        assert_eq!(b.clamp(612_345), 600_000);
+        assert_eq!(b.clamp(u32::MAX), 25_000_000);
+        info.min = 10;
+        info.max = 5;
+        assert_eq!(BitrateControl::from_info(&info), None, "a broken range is ignored");
+    }
 
     fn ctl(key: &str, typ: &str, min: i64, max: i64, menu: &[(i64, &str)]) -> ControlInfo {
         ControlInfo {
@@ -666,12 +803,14 @@ mod tests {
     }
 
     #[test]
-    fn request_takes_width_height_fps_as_ideals() {
-        let c = Config::from_toml("[video]\nwidth = 640\nheight = 480\nfps = 25\n[video.constraints]\nheight = { exact = 360 }\n", Path::new("t")).unwrap();
-        let r = CameraRequest::from_config(&c.video);
-        assert_eq!(r.constraints.width, Some(NumConstraint::ideal(640.0)));
-        assert_eq!(r.constraints.height, Some(NumConstraint::exact(360.0)));
-        assert_eq!(r.constraints.frame_rate, Some(NumConstraint::ideal(25.0)));
+    fn nominal_size_takes_exact_then_ideal() {
+        let c = VideoConstraints {
+            width: Some(NumConstraint::ideal(640.0)),
+            height: Some(NumConstraint::exact(360.0)),
+            frame_rate: Some(NumConstraint::ideal(25.0)),
+            ..Default::default()
+        };
+        let r = CameraRequest { device: None, constraints: c, controls: BTreeMap::new() };
         assert_eq!(r.nominal(), (640, 360, 25));
     }
 
@@ -697,13 +836,23 @@ mod tests {
 
     #[test]
     fn a_missing_camera_starts_offline_and_reports_why() {
-        let c = Config::from_toml("[video]\nsource = \"v4l2\"\ndevice = { exact = \"/dev/video-none\" }\n", Path::new("t")).unwrap();
-        let (mut cam, r) = V4l2Camera::new(CameraRequest::from_config(&c.video));
+        let c = VideoConstraints {
+            width: Some(NumConstraint::ideal(1280.0)),
+            height: Some(NumConstraint::ideal(720.0)),
+            frame_rate: Some(NumConstraint::ideal(30.0)),
+            ..Default::default()
+        };
+        let req = CameraRequest {
+            device: Some(StrConstraint::exact("/dev/video-none")),
+            constraints: c,
+            controls: BTreeMap::new(),
+        };
+        let (mut cam, r) = V4l2Camera::new(req);
         let e = r.unwrap_err();
         assert!(e.contains("/dev/video-none") || e.contains("no V4L2 capture device"), "{e}");
         assert!(!cam.is_open());
         assert_eq!(cam.problem().and_then(|p| p.get()), Some(e.clone()), "/api/settings shows why");
-        let mut f = VideoFrame::new(2, 2);
+        let mut f = Frame::new(2, 2);
         match cam.next_frame(&mut f) {
             Err(CaptureError::Gone(m)) => assert!(!m.is_empty()),
             other => panic!("expected Gone, got {other:?}"),

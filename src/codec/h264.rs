@@ -30,6 +30,11 @@ pub struct H264Params {
 
 pub struct H264Encoder {
     params: H264Params,
+    /// The bitrate openh264 runs at (it takes options only once it has seen a frame, so a
+    /// change before the first frame waits here).
+    applied_bps: u32,
+    applied_fps: u32,
+    started: bool,
     inner: Encoder,
     payloader: rtp::codecs::h264::H264Payloader,
     annexb: Vec<u8>,
@@ -56,6 +61,9 @@ impl H264Encoder {
             .map_err(|e| format!("cannot create H.264 encoder: {e}"))?;
         Ok(Self {
             params,
+            applied_bps: params.bitrate_bps,
+            applied_fps: params.fps,
+            started: false,
             inner,
             payloader: Default::default(),
             annexb: Vec::with_capacity(256 * 1024),
@@ -65,6 +73,62 @@ impl H264Encoder {
 
     pub fn params(&self) -> H264Params {
         self.params
+    }
+
+    /// Changes the target bitrate in place: no new encoder, no IDR, the rate control simply
+    /// aims lower (or higher) from the next frame on. This is what congestion control drives
+    /// several times a second, so it must be cheap and must not disturb the stream.
+    pub fn set_bitrate(&mut self, bitrate_bps: u32) -> Result<(), String> {
+        self.params.bitrate_bps = bitrate_bps.max(1);
+        self.apply_bitrate()
+    }
+
+    /// openh264 keeps a max bitrate per layer (the crate sets it to the first target) and
+    /// refuses a target above it; its frame skipping holds the output under it. The max follows
+    /// the target: raised before a higher target, lowered after a lower one.
+    fn apply_bitrate(&mut self) -> Result<(), String> {
+        let bps = self.params.bitrate_bps;
+        if !self.started || bps == self.applied_bps {
+            return Ok(());
+        }
+        use openh264_sys2::{ENCODER_OPTION_BITRATE as TARGET, ENCODER_OPTION_MAX_BITRATE as MAX};
+        use openh264_sys2::{SPATIAL_LAYER_0 as LAYER, SPATIAL_LAYER_ALL as ALL};
+        let steps = if bps > self.applied_bps { [(MAX, LAYER), (TARGET, ALL)] } else { [(TARGET, ALL), (MAX, LAYER)] };
+        for (option, layer) in steps {
+            let mut info = openh264_sys2::SBitrateInfo { iLayer: layer, iBitrate: bps.min(i32::MAX as u32) as i32 };
+            self.set_option(option, &mut info)
+                .map_err(|rc| format!("openh264 refused bitrate {bps} bit/s (option {option}, error {rc})"))?;
+        }
+        self.applied_bps = bps;
+        Ok(())
+    }
+
+    /// Changes the frame rate the rate control budgets for (frames fed at a lower rate get a
+    /// proportionally bigger share of the bitrate), in place like [`Self::set_bitrate`].
+    pub fn set_frame_rate(&mut self, fps: u32) -> Result<(), String> {
+        self.params.fps = fps.max(1);
+        self.apply_frame_rate()
+    }
+
+    fn apply_frame_rate(&mut self) -> Result<(), String> {
+        let fps = self.params.fps;
+        if !self.started || fps == self.applied_fps {
+            return Ok(());
+        }
+        let mut rate = fps as f32;
+        self.set_option(openh264_sys2::ENCODER_OPTION_FRAME_RATE, &mut rate)
+            .map_err(|rc| format!("openh264 refused frame rate {fps} (error {rc})"))?;
+        self.applied_fps = fps;
+        Ok(())
+    }
+
+    /// One rate-control option. Callers pass the value type the option takes (`SBitrateInfo`
+    /// for the bitrates, `f32` for the frame rate); openh264 copies it during the call.
+    fn set_option<T>(&mut self, option: openh264_sys2::ENCODER_OPTION, value: &mut T) -> Result<(), i32> {
+        // SAFETY: `value` is a live, exclusively borrowed value of the type `option` reads, for
+        // the duration of the call; these options change only rate-control targets.
+        let rc = unsafe { self.inner.raw_api().set_option(option, (value as *mut T).cast()) };
+        if rc == 0 { Ok(()) } else { Err(rc) }
     }
 
     /// Encodes one frame. `force_idr` makes this frame an IDR (new viewer, PLI/FIR).
@@ -82,13 +146,22 @@ impl H264Encoder {
         let (w, h) = (frame.width as usize, frame.height as usize);
         let (y, u, v) = frame.planes();
         let yuv = YUVSlices::new((y, u, v), (w, h), (w, w / 2, w / 2));
+        // The capture time as the frame's timestamp: openh264's rate control earns bits by the
+        // time between frames; with the crate's default (0 for every frame) its frame-skip
+        // budget never refills on time, and it skips runs of frames after every big one.
         let bitstream = self
             .inner
-            .encode(&yuv)
+            .encode_at(&yuv, openh264::Timestamp::from_millis(frame.capture_unix_us / 1000))
             .map_err(|e| format!("H.264 encode failed: {e}"))?;
+        let started = std::mem::replace(&mut self.started, true);
         let keyframe = bitstream.frame_type() == FrameType::IDR;
         self.annexb.clear();
         bitstream.write_vec(&mut self.annexb);
+        if !started {
+            // openh264 is initialized now: changes made before the first frame apply from here
+            self.apply_bitrate()?;
+            self.apply_frame_rate()?;
+        }
         if self.annexb.is_empty() {
             return Ok(None);
         }
@@ -172,6 +245,43 @@ mod tests {
         assert_eq!(sps[0] & 0x1f, 7);
         assert_eq!(sps[1], 0x42, "profile_idc baseline");
         assert!(sps[2] & 0x40 != 0, "constraint_set1 (constrained baseline)");
+    }
+
+    #[test]
+    fn bitrate_changes_in_place_without_an_idr() {
+        let p = H264Params { width: 640, height: 360, fps: 30, bitrate_bps: 1_000_000, keyframe_interval_frames: 1000 };
+        let mut enc = H264Encoder::new(p).unwrap();
+        let pattern = TestPattern::new(640, 360, 30).with_noise(50);
+        let mut f = VideoFrame::new(640, 360);
+        let mut bytes = |enc: &mut H264Encoder, from: u64, n: u64| -> (usize, usize) {
+            let (mut total, mut idrs) = (0, 0);
+            for i in from..from + n {
+                pattern.render(&mut f, i, i * 33_333);
+                if let Some(u) = enc.encode(&f, false).unwrap() {
+                    total += u.payloads.iter().map(|p| p.len()).sum::<usize>();
+                    idrs += u.keyframe as usize;
+                }
+            }
+            (total, idrs)
+        };
+        bytes(&mut enc, 0, 30); // settle (first frame is the IDR)
+        enc.set_bitrate(2_000_000).expect("above the first target");
+        bytes(&mut enc, 30, 15);
+        let (high, _) = bytes(&mut enc, 45, 45);
+        enc.set_bitrate(200_000).unwrap();
+        bytes(&mut enc, 90, 15); // rate control adapts over a few frames
+        let (low, idrs) = bytes(&mut enc, 105, 60);
+        assert_eq!(idrs, 0, "a bitrate change must not force an IDR");
+        assert!(low * 3 < high, "200 kbit/s must produce far less than 2 Mbit/s: {low} vs {high} bytes in 2 s");
+        assert!((low * 8 / 2) < 400_000, "about the new target: {} bit/s", low * 8 / 2);
+        assert_eq!(enc.params().bitrate_bps, 200_000);
+        enc.set_bitrate(2_000_000).expect("raising the target above the first one works too");
+        bytes(&mut enc, 165, 15);
+        let (back, idrs) = bytes(&mut enc, 180, 60);
+        assert_eq!(idrs, 0);
+        assert!(back > low * 3, "back up: {back} vs {low} bytes in 2 s");
+        enc.set_frame_rate(15).unwrap();
+        assert_eq!(enc.params().fps, 15);
     }
 
     #[test]

@@ -2,8 +2,12 @@
 //! once; viewers only stamp headers and encrypt (see `hub` and `rtc`).
 
 pub mod h264;
+pub mod jpeg;
+pub mod m2m;
 pub mod opus;
 pub mod passthrough;
+pub mod still;
+pub mod video;
 
 use bytes::Bytes;
 

@@ -6,20 +6,33 @@
 //!   Secure on HTTPS). Scripts and WHEP clients use `Authorization: Bearer <token>`: tokens from the
 //!   config (stored as SHA-256) or minted for a logged-in session (`POST /api/token`, gone at
 //!   logout). Optionally loopback clients are exempt.
-//! - Failed logins from one address back off exponentially (429 + Retry-After).
+//! - Loopback trust (no password, or `loopback_exempt`) needs a `Host:` that names this machine
+//!   (an IP literal or `localhost`): a web page whose own name an attacker re-pointed at 127.0.0.1
+//!   (DNS rebinding) sends its own name and gets nothing.
+//! - Failed logins from one client back off exponentially (429 + Retry-After); an IPv6 client is
+//!   its /64 (a host can rotate through 2^64 addresses). All clients together get a budget of
+//!   `GLOBAL_FAILURES` failures per `GLOBAL_WINDOW`, so many addresses cannot guess in parallel.
 //!
 //! Secrets are only ever compared as SHA-256 digests in constant time, and never logged.
 
 use crate::config::AuthConfig;
 use argon2::{Argon2, PasswordHash, PasswordHasher, PasswordVerifier};
 use sha2::{Digest, Sha256};
-use std::collections::HashMap;
-use std::net::IpAddr;
+use crate::signal::Owner;
+use std::collections::{HashMap, VecDeque};
+use std::net::{IpAddr, Ipv6Addr};
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 use subtle::ConstantTimeEq;
 
+/// The session cookie over plain HTTP (localhost only in practice).
 pub const COOKIE: &str = "peercam_session";
+/// The session cookie over HTTPS: the `__Host-` prefix makes the browser refuse it unless it is
+/// Secure, for `Path=/` and without `Domain`, so no sibling host or plain-HTTP page can plant one.
+pub const COOKIE_TLS: &str = "__Host-peercam_session";
+/// Failed logins over all clients allowed per window; beyond it everyone waits.
+pub const GLOBAL_FAILURES: usize = 30;
+pub const GLOBAL_WINDOW: Duration = Duration::from_secs(60);
 const MAX_BACKOFF: Duration = Duration::from_secs(300);
 /// Bearer tokens alive per login (the oldest is retired first).
 const MAX_TOKENS_PER_LOGIN: usize = 32;
@@ -49,6 +62,82 @@ pub enum LoginResult {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct LoginId([u8; 32]);
 
+impl LoginId {
+    /// The same login as the lower layers' opaque owner tag.
+    pub fn owner(self) -> Owner {
+        Owner(self.0)
+    }
+
+    /// 8 hex digits of the id: names a login in logs (e.g. a TURN username) without revealing it.
+    pub fn short(&self) -> String {
+        self.0[..4].iter().map(|b| format!("{b:02x}")).collect()
+    }
+}
+
+impl From<Owner> for LoginId {
+    fn from(o: Owner) -> Self {
+        LoginId(o.0)
+    }
+}
+
+/// The key failed logins are counted under: the address, or for IPv6 its /64 (IPv4-mapped
+/// IPv6 addresses count as the IPv4 address).
+pub fn client_key(ip: IpAddr) -> IpAddr {
+    match ip {
+        IpAddr::V4(_) => ip,
+        IpAddr::V6(v6) => match v6.to_ipv4_mapped() {
+            Some(v4) => IpAddr::V4(v4),
+            None => {
+                let s = v6.segments();
+                IpAddr::V6(Ipv6Addr::new(s[0], s[1], s[2], s[3], 0, 0, 0, 0))
+            }
+        },
+    }
+}
+
+/// Whether a `Host:` header value names this machine in a way no DNS answer can fake: an IP
+/// literal (v4, or v6 in brackets), `localhost` / `*.localhost` (RFC 6761: never sent to DNS
+/// by browsers), or one of `own_names` (the device's hostname and `<hostname>.local`: a
+/// rebinding page carries the attacker's name, not the device's), with an optional port.
+pub fn host_is_local(host: &str, own_names: &[String]) -> bool {
+    let host = host.trim();
+    let name = if let Some(rest) = host.strip_prefix('[') {
+        match rest.split_once(']') {
+            Some((v6, port)) if port.is_empty() || port.strip_prefix(':').is_some_and(|p| p.parse::<u16>().is_ok()) => {
+                return v6.parse::<Ipv6Addr>().is_ok();
+            }
+            _ => return false,
+        }
+    } else {
+        match host.rsplit_once(':') {
+            Some((name, port)) if port.parse::<u16>().is_ok() => name,
+            Some(_) => return false,
+            None => host,
+        }
+    };
+    let name = name.trim_end_matches('.').to_ascii_lowercase();
+    name.parse::<std::net::Ipv4Addr>().is_ok()
+        || name == "localhost"
+        || name.ends_with(".localhost")
+        || own_names.iter().any(|n| n.eq_ignore_ascii_case(&name))
+}
+
+/// The names [`host_is_local`] accepts besides IP literals and localhost: this machine's
+/// hostname and `<hostname>.local`.
+pub fn own_names() -> Vec<String> {
+    match crate::http::tls::hostname() {
+        Some(h) if !h.is_empty() => vec![h.to_ascii_lowercase(), format!("{}.local", h.to_ascii_lowercase())],
+        _ => Vec::new(),
+    }
+}
+
+/// `rtc` tags a session with the login that opened it without knowing what a login is.
+impl From<LoginId> for crate::rtc::session::OwnerTag {
+    fn from(l: LoginId) -> Self {
+        crate::rtc::session::OwnerTag::new(l.0)
+    }
+}
+
 struct LoginSession {
     expires: Instant,
     tokens: Vec<[u8; 32]>,
@@ -71,6 +160,8 @@ pub struct Auth {
     /// SHA-256 of a minted token → SHA-256 of the session it belongs to.
     minted: Mutex<HashMap<[u8; 32], [u8; 32]>>,
     failures: Mutex<HashMap<IpAddr, Failures>>,
+    /// When the recent failures (all clients) happened, oldest first; at most `GLOBAL_FAILURES`.
+    global_failures: Mutex<VecDeque<Instant>>,
 }
 
 pub fn sha256(data: &[u8]) -> [u8; 32] {
@@ -108,6 +199,7 @@ impl Auth {
             sessions: Mutex::new(HashMap::new()),
             minted: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
+            global_failures: Mutex::new(VecDeque::new()),
         }
     }
 
@@ -119,9 +211,11 @@ impl Auth {
         self.password_hash.is_some()
     }
 
-    /// The access decision for one request.
-    pub fn decide(&self, peer: IpAddr, cookie: Option<&str>, bearer: Option<&str>) -> Decision {
-        let loopback = peer.is_loopback() || matches!(peer, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
+    /// The access decision for one request. `host_local`: the request's `Host` names this
+    /// machine ([`host_is_local`]); without it a loopback client gets no loopback trust.
+    pub fn decide(&self, peer: IpAddr, host_local: bool, cookie: Option<&str>, bearer: Option<&str>) -> Decision {
+        let loopback_peer = peer.is_loopback() || matches!(peer, IpAddr::V6(v6) if v6.to_ipv4_mapped().is_some_and(|v4| v4.is_loopback()));
+        let loopback = loopback_peer && host_local;
         if !self.password_set() {
             return if loopback { Decision::Allow } else { Decision::NeedsPasswordSetup };
         }
@@ -135,11 +229,32 @@ impl Auth {
     }
 
     pub fn session_valid(&self, cookie: &str) -> bool {
+        self.login_of_cookie(cookie).is_some()
+    }
+
+    /// The login of a valid session cookie. Expired logins are forgotten here, with their
+    /// minted tokens.
+    pub fn login_of_cookie(&self, cookie: &str) -> Option<LoginId> {
         let key = sha256(cookie.as_bytes());
         let mut sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
         let now = Instant::now();
-        sessions.retain(|_, s| s.expires > now);
-        sessions.contains_key(&key)
+        let expired: Vec<[u8; 32]> = sessions.iter().filter(|(_, s)| s.expires <= now).map(|(k, _)| *k).collect();
+        if !expired.is_empty() {
+            let mut minted = self.minted.lock().unwrap_or_else(|e| e.into_inner());
+            for k in expired {
+                if let Some(s) = sessions.remove(&k) {
+                    for t in s.tokens {
+                        minted.remove(&t);
+                    }
+                }
+            }
+        }
+        sessions.contains_key(&key).then_some(LoginId(key))
+    }
+
+    /// The login a request's credentials belong to: its session cookie, else a minted token.
+    pub fn login_of(&self, cookie: Option<&str>, bearer: Option<&str>) -> Option<LoginId> {
+        cookie.and_then(|c| self.login_of_cookie(c)).or_else(|| bearer.and_then(|t| self.login_of_token(t)))
     }
 
     pub fn token_valid(&self, token: &str) -> bool {
@@ -152,7 +267,7 @@ impl Auth {
         if bool::from(found) {
             return true;
         }
-        self.minted.lock().unwrap_or_else(|e| e.into_inner()).contains_key(&digest)
+        self.login_of_token(token).is_some()
     }
 
     /// Checks a password (slow by design: call from a blocking thread). The attempt is counted
@@ -161,12 +276,24 @@ impl Auth {
         let Some(hash) = &self.password_hash else { return LoginResult::NoPasswordSet };
         let now = Instant::now();
         {
+            let peer = client_key(peer);
             let mut failures = self.failures.lock().unwrap_or_else(|e| e.into_inner());
             if let Some(until) = failures.get(&peer).and_then(|f| f.blocked_until) {
                 if until > now {
                     return LoginResult::TooMany(until - now);
                 }
             }
+            let mut global = self.global_failures.lock().unwrap_or_else(|e| e.into_inner());
+            while global.front().is_some_and(|t| now.duration_since(*t) >= GLOBAL_WINDOW) {
+                global.pop_front();
+            }
+            if global.len() >= GLOBAL_FAILURES {
+                let oldest = *global.front().expect("non-empty");
+                return LoginResult::TooMany((oldest + GLOBAL_WINDOW).saturating_duration_since(now));
+            }
+            // Counted as a failure until the password turns out right.
+            global.push_back(now);
+            drop(global);
             if failures.len() >= MAX_TRACKED_CLIENTS && !failures.contains_key(&peer) {
                 failures.retain(|_, f| f.blocked_until.is_some_and(|u| u > now));
             }
@@ -184,7 +311,13 @@ impl Auth {
         if !ok {
             return LoginResult::Wrong;
         }
-        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&peer);
+        self.failures.lock().unwrap_or_else(|e| e.into_inner()).remove(&client_key(peer));
+        {
+            let mut global = self.global_failures.lock().unwrap_or_else(|e| e.into_inner());
+            if let Some(i) = global.iter().rposition(|t| *t == now) {
+                global.remove(i);
+            }
+        }
         let cookie = random_secret();
         self.sessions.lock().unwrap_or_else(|e| e.into_inner()).insert(
             sha256(cookie.as_bytes()),
@@ -206,10 +339,19 @@ impl Auth {
         Some(LoginId(key))
     }
 
-    /// The login a minted bearer token belongs to (`None` for config tokens and strangers).
+    /// The login a minted bearer token belongs to (`None` for config tokens and strangers, and
+    /// once that login has expired: a minted token never outlives its login).
     pub fn login_of_token(&self, token: &str) -> Option<LoginId> {
         let digest = sha256(token.as_bytes());
-        self.minted.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).copied().map(LoginId)
+        let key = self.minted.lock().unwrap_or_else(|e| e.into_inner()).get(&digest).copied()?;
+        let sessions = self.sessions.lock().unwrap_or_else(|e| e.into_inner());
+        let alive = sessions.get(&key).is_some_and(|s| s.expires > Instant::now());
+        drop(sessions);
+        if !alive {
+            self.minted.lock().unwrap_or_else(|e| e.into_inner()).remove(&digest);
+            return None;
+        }
+        Some(LoginId(key))
     }
 
     /// A bearer token for a logged-in session (the page uses it for WHEP).
@@ -239,17 +381,23 @@ pub fn cookie_value<'a>(header: &'a str, name: &str) -> Option<&'a str> {
     })
 }
 
+/// The session cookie's name: `__Host-` prefixed over HTTPS.
+pub fn cookie_name(secure: bool) -> &'static str {
+    if secure { COOKIE_TLS } else { COOKIE }
+}
+
 /// The `Set-Cookie` value for a new login.
 pub fn session_cookie(value: &str, secure: bool, max_age: Duration) -> String {
     format!(
-        "{COOKIE}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        "{}={value}; Path=/; HttpOnly; SameSite=Strict; Max-Age={}{}",
+        cookie_name(secure),
         max_age.as_secs(),
         if secure { "; Secure" } else { "" }
     )
 }
 
 pub fn clear_cookie(secure: bool) -> String {
-    format!("{COOKIE}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}", if secure { "; Secure" } else { "" })
+    format!("{}=; Path=/; HttpOnly; SameSite=Strict; Max-Age=0{}", cookie_name(secure), if secure { "; Secure" } else { "" })
 }
 
 #[cfg(test)]
@@ -273,25 +421,25 @@ mod tests {
     #[test]
     fn without_password_only_loopback_gets_in() {
         let a = Auth::new(&AuthConfig::default());
-        assert_eq!(a.decide(lo(), None, None), Decision::Allow);
-        assert_eq!(a.decide("::1".parse().unwrap(), None, None), Decision::Allow);
-        assert_eq!(a.decide(lan(), None, None), Decision::NeedsPasswordSetup);
+        assert_eq!(a.decide(lo(), true, None, None), Decision::Allow);
+        assert_eq!(a.decide("::1".parse().unwrap(), true, None, None), Decision::Allow);
+        assert_eq!(a.decide(lan(), true, None, None), Decision::NeedsPasswordSetup);
         assert_eq!(a.login(lan(), "x"), LoginResult::NoPasswordSet);
     }
 
     #[test]
     fn login_session_token_logout() {
         let a = with_password("correct horse");
-        assert_eq!(a.decide(lo(), None, None), Decision::NeedsLogin, "loopback not exempt by default");
+        assert_eq!(a.decide(lo(), true, None, None), Decision::NeedsLogin, "loopback not exempt by default");
         assert_eq!(a.login(lan(), "wrong"), LoginResult::Wrong);
         let LoginResult::Ok(cookie) = a.login(lan(), "correct horse") else { panic!() };
-        assert_eq!(a.decide(lan(), Some(&cookie), None), Decision::Allow);
-        assert_eq!(a.decide(lan(), Some("forged"), None), Decision::NeedsLogin);
+        assert_eq!(a.decide(lan(), true, Some(&cookie), None), Decision::Allow);
+        assert_eq!(a.decide(lan(), true, Some("forged"), None), Decision::NeedsLogin);
         let token = a.mint_token(&cookie).unwrap();
-        assert_eq!(a.decide(lan(), None, Some(&token)), Decision::Allow);
+        assert_eq!(a.decide(lan(), true, None, Some(&token)), Decision::Allow);
         a.logout(&cookie);
-        assert_eq!(a.decide(lan(), Some(&cookie), None), Decision::NeedsLogin);
-        assert_eq!(a.decide(lan(), None, Some(&token)), Decision::NeedsLogin, "token dies with its session");
+        assert_eq!(a.decide(lan(), true, Some(&cookie), None), Decision::NeedsLogin);
+        assert_eq!(a.decide(lan(), true, None, Some(&token)), Decision::NeedsLogin, "token dies with its session");
         assert!(a.mint_token(&cookie).is_none());
     }
 
@@ -316,8 +464,8 @@ mod tests {
         cfg.password_hash = Phc(hash_password("pw").unwrap());
         cfg.token_sha256 = vec![TokenHash::try_from(hash).unwrap()];
         let a = Auth::new(&cfg);
-        assert_eq!(a.decide(lan(), None, Some(&token)), Decision::Allow);
-        assert_eq!(a.decide(lan(), None, Some("nope")), Decision::NeedsLogin);
+        assert_eq!(a.decide(lan(), true, None, Some(&token)), Decision::Allow);
+        assert_eq!(a.decide(lan(), true, None, Some("nope")), Decision::NeedsLogin);
     }
 
     #[test]
@@ -338,8 +486,62 @@ mod tests {
         cfg.password_hash = Phc(hash_password("pw").unwrap());
         cfg.loopback_exempt = true;
         let a = Auth::new(&cfg);
-        assert_eq!(a.decide(lo(), None, None), Decision::Allow);
-        assert_eq!(a.decide(lan(), None, None), Decision::NeedsLogin);
+        assert_eq!(a.decide(lo(), true, None, None), Decision::Allow);
+        assert_eq!(a.decide(lan(), true, None, None), Decision::NeedsLogin);
+    }
+
+    #[test]
+    fn minted_tokens_die_with_their_login() {
+        let a = with_password("pw");
+        let LoginResult::Ok(cookie) = a.login(lan(), "pw") else { panic!() };
+        let token = a.mint_token(&cookie).unwrap();
+        assert!(a.token_valid(&token));
+        // The login expires (as after session_hours): the token goes with it, even if the
+        // cookie is never presented again.
+        a.sessions.lock().unwrap().values_mut().for_each(|s| s.expires = Instant::now());
+        assert!(!a.token_valid(&token), "a minted token outlived its login");
+        assert_eq!(a.login_of_token(&token), None);
+        assert_eq!(a.decide(lan(), true, None, Some(&token)), Decision::NeedsLogin);
+    }
+
+    #[test]
+    fn ipv6_clients_back_off_per_64() {
+        let a = with_password("pw");
+        for i in 1..=3u16 {
+            let ip: IpAddr = format!("2001:db8:1:2::{i}").parse().unwrap();
+            assert_eq!(a.login(ip, "bad"), LoginResult::Wrong);
+        }
+        let next: IpAddr = "2001:db8:1:2:ffff::9".parse().unwrap();
+        assert!(matches!(a.login(next, "pw"), LoginResult::TooMany(_)), "same /64, same backoff");
+        let other: IpAddr = "2001:db8:1:3::1".parse().unwrap();
+        assert!(matches!(a.login(other, "pw"), LoginResult::Ok(_)));
+        assert_eq!(client_key("::ffff:10.0.0.1".parse().unwrap()), "10.0.0.1".parse::<IpAddr>().unwrap());
+    }
+
+    #[test]
+    fn many_addresses_share_one_failure_budget() {
+        let a = with_password("pw");
+        let mut refused = 0;
+        for i in 0..GLOBAL_FAILURES + 10 {
+            let ip: IpAddr = format!("10.0.{}.{}", i / 200, i % 200 + 1).parse().unwrap();
+            if matches!(a.login(ip, "bad"), LoginResult::TooMany(_)) {
+                refused += 1;
+            }
+        }
+        assert_eq!(refused, 10, "failures beyond the global budget wait");
+    }
+
+    #[test]
+    fn loopback_trust_needs_a_local_host() {
+        let a = Auth::new(&AuthConfig::default());
+        assert_eq!(a.decide(lo(), false, None, None), Decision::NeedsPasswordSetup, "DNS rebinding");
+        let own = vec!["peercam".to_string(), "peercam.local".to_string()];
+        for h in ["127.0.0.1:8080", "localhost", "LOCALHOST:80", "cam.localhost", "[::1]:8080", "192.168.1.5", "localhost.", "peercam.local:8080", "PeerCam"] {
+            assert!(host_is_local(h, &own), "{h}");
+        }
+        for h in ["evil.example", "evil.example:8080", "127.0.0.1.evil.example", "[::1", "localhost:x", "", "localhost.evil", "peercam.evil"] {
+            assert!(!host_is_local(h, &own), "{h}");
+        }
     }
 
     #[test]
@@ -347,6 +549,8 @@ mod tests {
         assert_eq!(cookie_value("a=1; peercam_session=xyz; b=2", COOKIE), Some("xyz"));
         assert_eq!(cookie_value("a=1", COOKIE), None);
         let c = session_cookie("v", true, Duration::from_secs(60));
+        assert!(c.starts_with("__Host-peercam_session=v;"), "{c}");
+        assert!(session_cookie("v", false, Duration::from_secs(60)).starts_with("peercam_session=v;"));
         for flag in ["HttpOnly", "SameSite=Strict", "Secure", "Path=/"] {
             assert!(c.contains(flag), "{c}");
         }

@@ -6,8 +6,11 @@
 //! others nothing. A new reader also waits for a keyframe (SPS/PPS + IDR) and asks the encoder
 //! for one; requests are coalesced and rate-limited by [`KeyframeGate`].
 
+pub mod ladder;
+
 use crate::codec::EncodedUnit;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
+use ladder::{Ladder, LadderConfig, LinkReport, Rung, Targets, ViewerStatus};
+use std::sync::atomic::{AtomicBool, AtomicU32, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::broadcast;
@@ -24,6 +27,8 @@ pub struct Stream {
     join_wanted: AtomicBool,
     units: AtomicU64,
     keyframes: AtomicU64,
+    /// Payload bytes published (what a reader of every unit sends, before RTP overhead).
+    bytes: AtomicU64,
 }
 
 impl Stream {
@@ -35,12 +40,15 @@ impl Stream {
             join_wanted: AtomicBool::new(false),
             units: AtomicU64::new(0),
             keyframes: AtomicU64::new(0),
+            bytes: AtomicU64::new(0),
         }
     }
 
     /// Called by the encoder thread. Never blocks.
     pub fn publish(&self, unit: EncodedUnit) {
         self.units.fetch_add(1, Ordering::Relaxed);
+        let bytes: usize = unit.payloads.iter().map(|p| p.len()).sum();
+        self.bytes.fetch_add(bytes as u64, Ordering::Relaxed);
         if unit.keyframe {
             self.keyframes.fetch_add(1, Ordering::Relaxed);
         }
@@ -73,8 +81,17 @@ impl Stream {
         self.keyframe_wanted.store(true, Ordering::Relaxed);
     }
 
+    /// Viewers reading this stream now: an encoder whose stream nobody reads does not encode.
+    pub fn readers(&self) -> usize {
+        self.tx.receiver_count()
+    }
+
     pub fn units_published(&self) -> u64 {
         self.units.load(Ordering::Relaxed)
+    }
+
+    pub fn bytes_published(&self) -> u64 {
+        self.bytes.load(Ordering::Relaxed)
     }
 
     pub fn keyframes_published(&self) -> u64 {
@@ -96,6 +113,11 @@ pub enum Next {
 }
 
 impl Reader {
+    /// Units published and not yet read by this reader (how far behind live it is).
+    pub fn backlog(&self) -> usize {
+        self.rx.len()
+    }
+
     /// The next unit this reader should send: nothing before the first keyframe, and after a gap
     /// nothing until the next keyframe (a decoder cannot use P-frames after a hole anyway).
     pub async fn next(&mut self, stream: &Stream) -> Next {
@@ -121,10 +143,16 @@ impl Reader {
     }
 }
 
-/// How many viewers want media: the capture and encode threads sleep while it is zero.
+/// How many viewers want media: the capture and encode threads sleep while nobody does.
+///
+/// Two counts, because a parent listening at night (listen-only) wants the sound but not the
+/// picture: `viewers` (anyone who wants media: the microphone runs) and `watchers` (those of
+/// them who want video: the camera and the video encoder run). A listen-only viewer holds a
+/// [`ViewerGuard`] and no [`WatcherGuard`].
 #[derive(Default)]
 pub struct Demand {
     viewers: AtomicUsize,
+    watchers: AtomicUsize,
     lock: Mutex<()>,
     changed: Condvar,
 }
@@ -134,22 +162,47 @@ impl Demand {
         self.viewers.load(Ordering::SeqCst)
     }
 
+    /// Viewers who want video now.
+    pub fn watchers(&self) -> usize {
+        self.watchers.load(Ordering::SeqCst)
+    }
+
     /// Registers a viewer for as long as the guard lives.
     pub fn join(self: &Arc<Self>) -> ViewerGuard {
         self.viewers.fetch_add(1, Ordering::SeqCst);
-        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        self.changed.notify_all();
+        self.notify();
         ViewerGuard(Arc::clone(self))
     }
 
-    /// Blocks (a capture/encode thread) until someone watches or `timeout` passes.
+    /// Registers a viewer's wish for video for as long as the guard lives.
+    pub fn watch(self: &Arc<Self>) -> WatcherGuard {
+        self.watchers.fetch_add(1, Ordering::SeqCst);
+        self.notify();
+        WatcherGuard(Arc::clone(self))
+    }
+
+    fn notify(&self) {
+        let _g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
+        self.changed.notify_all();
+    }
+
+    /// Blocks (the audio thread) until someone wants media or `timeout` passes.
     pub fn wait_for_viewers(&self, timeout: Duration) -> bool {
+        self.wait(timeout, || self.viewers() > 0)
+    }
+
+    /// Blocks (the video capture thread) until someone wants video or `timeout` passes.
+    pub fn wait_for_watchers(&self, timeout: Duration) -> bool {
+        self.wait(timeout, || self.watchers() > 0)
+    }
+
+    fn wait(&self, timeout: Duration, wanted: impl Fn() -> bool) -> bool {
         let g = self.lock.lock().unwrap_or_else(|e| e.into_inner());
-        if self.viewers() > 0 {
+        if wanted() {
             return true;
         }
         let _ = self.changed.wait_timeout(g, timeout);
-        self.viewers() > 0
+        wanted()
     }
 }
 
@@ -161,20 +214,111 @@ impl Drop for ViewerGuard {
     }
 }
 
+pub struct WatcherGuard(Arc<Demand>);
+
+impl Drop for WatcherGuard {
+    fn drop(&mut self) {
+        self.0.watchers.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
 /// Everything the sessions read from.
 pub struct Hub {
+    /// The main rung (the configured size).
     pub video: Stream,
+    /// The low rung (half size) for viewers on weak links; encoded only while someone reads it.
+    pub video_low: Stream,
     pub audio: Stream,
     pub demand: Arc<Demand>,
+    pub rates: Rates,
 }
 
 impl Hub {
     pub fn new() -> Arc<Self> {
+        Self::with_ladder(LadderConfig::new(true, 150_000, 2_500_000))
+    }
+
+    pub fn with_ladder(cfg: LadderConfig) -> Arc<Self> {
         Arc::new(Self {
             video: Stream::new(VIDEO_RING),
+            video_low: Stream::new(VIDEO_RING),
             audio: Stream::new(AUDIO_RING),
             demand: Arc::new(Demand::default()),
+            rates: Rates::new(cfg),
         })
+    }
+
+    pub fn video_rung(&self, rung: Rung) -> &Stream {
+        match rung {
+            Rung::Main => &self.video,
+            Rung::Low => &self.video_low,
+        }
+    }
+}
+
+/// The ladder shared by the sessions (who report their viewers' links) and the encode thread
+/// (which reads the targets every frame, lock-free).
+pub struct Rates {
+    ladder: Mutex<Ladder>,
+    main_bps: AtomicU32,
+    low_bps: AtomicU32,
+    low_half_fps: AtomicBool,
+}
+
+impl Rates {
+    fn new(cfg: LadderConfig) -> Self {
+        let ladder = Ladder::new(cfg);
+        let t = ladder.targets();
+        Self {
+            ladder: Mutex::new(ladder),
+            main_bps: AtomicU32::new(t.main_bps),
+            low_bps: AtomicU32::new(t.low_bps),
+            low_half_fps: AtomicBool::new(t.low_half_fps),
+        }
+    }
+
+    fn with<R>(&self, f: impl FnOnce(&mut Ladder) -> R) -> R {
+        let mut l = self.ladder.lock().unwrap_or_else(|e| e.into_inner());
+        let r = f(&mut l);
+        let t = l.targets();
+        self.main_bps.store(t.main_bps, Ordering::Relaxed);
+        self.low_bps.store(t.low_bps, Ordering::Relaxed);
+        self.low_half_fps.store(t.low_half_fps, Ordering::Relaxed);
+        r
+    }
+
+    /// A session's latest estimate of its viewer's link → the rung it should read.
+    pub fn report(&self, viewer: u64, report: LinkReport, now: Instant) -> Rung {
+        self.with(|l| l.report(viewer, report, now))
+    }
+
+    pub fn leave(&self, viewer: u64) {
+        self.with(|l| l.leave(viewer));
+    }
+
+    pub fn set_max_bps(&self, bps: u32) {
+        self.with(|l| l.set_max_bps(bps));
+    }
+
+    pub fn set_low_available(&self, available: bool) {
+        self.with(|l| l.set_low_available(available));
+    }
+
+    pub fn config(&self) -> LadderConfig {
+        self.with(|l| l.config())
+    }
+
+    /// What the encoders aim for (read by the encode thread every frame).
+    pub fn targets(&self) -> Targets {
+        Targets {
+            main_bps: self.main_bps.load(Ordering::Relaxed),
+            low_bps: self.low_bps.load(Ordering::Relaxed),
+            low_half_fps: self.low_half_fps.load(Ordering::Relaxed),
+        }
+    }
+
+    pub fn viewers(&self) -> Vec<ViewerStatus> {
+        self.with(|l| l.viewers())
     }
 }
 
@@ -296,5 +440,18 @@ mod tests {
         assert!(d.wait_for_viewers(Duration::from_millis(1)));
         drop(b);
         assert_eq!(d.viewers(), 0);
+    }
+
+    #[test]
+    fn a_listener_is_a_viewer_but_not_a_watcher() {
+        let d = Arc::new(Demand::default());
+        let listener = d.join();
+        assert!(d.wait_for_viewers(Duration::from_millis(1)));
+        assert!(!d.wait_for_watchers(Duration::from_millis(1)), "listen-only must not start the camera");
+        let watching = (d.join(), d.watch());
+        assert_eq!((d.viewers(), d.watchers()), (2, 1));
+        drop(watching);
+        drop(listener);
+        assert_eq!((d.viewers(), d.watchers()), (0, 0));
     }
 }

@@ -96,6 +96,69 @@ pub enum Request {
     Talk(TalkAction),
     Chat { text: String, name: Option<String> },
     SetName(String),
+    Lullaby(LullabyAction),
+    /// The sound analysis: thresholds, last level, alerts on (`GET /api/sound`).
+    GetSound,
+    /// Change sound thresholds for everyone (`POST /api/sound`).
+    SetSound(crate::pipeline::sound::SoundChange),
+    /// This viewer only: stop (`true`) or resume (`false`) its video; audio goes on (the
+    /// night's listen-only mode).
+    ListenOnly(bool),
+    /// Night vision: `mode` changes it for everyone; without `mode`, the status only.
+    Night(Option<crate::pipeline::night::Mode>),
+}
+
+/// `lullaby`: a noise or sound file on the device's speaker.
+#[derive(Debug, Clone, PartialEq)]
+pub enum LullabyAction {
+    Start { sound: String, volume_percent: u32, timer: Option<std::time::Duration> },
+    Stop,
+    /// What plays and what can be played.
+    Status,
+}
+
+/// The volume a lullaby starts at when the request names none.
+pub const LULLABY_DEFAULT_VOLUME: u32 = 50;
+/// Sleep timers from 3 seconds (tests, a quick check) to 12 hours.
+const LULLABY_MIN_TIMER_MIN: f64 = 0.05;
+const LULLABY_MAX_TIMER_MIN: f64 = 720.0;
+
+impl LullabyAction {
+    /// The request body (control message without the envelope, or `POST /api/lullaby`).
+    pub fn from_json(body: Value) -> Result<Self, ControlError> {
+        #[derive(Deserialize)]
+        #[serde(deny_unknown_fields)]
+        struct Body {
+            action: String,
+            sound: Option<String>,
+            volume_percent: Option<u32>,
+            timer_min: Option<f64>,
+        }
+        let b: Body = from_body(body)?;
+        match b.action.as_str() {
+            "start" => {
+                let sound = b.sound.filter(|s| !s.trim().is_empty()).ok_or_else(|| ControlError::field("sound", "missing (white, pink, brown, or a file name from \"sounds\")"))?;
+                if sound.chars().count() > 200 {
+                    return Err(ControlError::field("sound", "is longer than 200 characters"));
+                }
+                let volume_percent = b.volume_percent.unwrap_or(LULLABY_DEFAULT_VOLUME);
+                if volume_percent > 100 {
+                    return Err(ControlError::field("volume_percent", "must be 0-100"));
+                }
+                let timer = match b.timer_min {
+                    None => None,
+                    Some(m) if m.is_finite() && (LULLABY_MIN_TIMER_MIN..=LULLABY_MAX_TIMER_MIN).contains(&m) => {
+                        Some(std::time::Duration::from_secs_f64(m * 60.0))
+                    }
+                    Some(_) => return Err(ControlError::field("timer_min", "must be 0.05-720 minutes")),
+                };
+                Ok(LullabyAction::Start { sound, volume_percent, timer })
+            }
+            "stop" => Ok(LullabyAction::Stop),
+            "status" => Ok(LullabyAction::Status),
+            _ => Err(ControlError::field("action", "must be start, stop or status")),
+        }
+    }
 }
 
 /// Why a request failed: the `error` object of a reply.
@@ -234,10 +297,29 @@ fn parse_object(mut obj: Map<String, Value>) -> Result<Request, ControlError> {
             }
             Ok(Request::SetName(clean_name(&from_body::<SetName>(body)?.name)?))
         }
+        "lullaby" => Ok(Request::Lullaby(LullabyAction::from_json(body)?)),
+        "get_sound" => Ok(Request::GetSound),
+        "night" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct Night {
+                mode: Option<crate::pipeline::night::Mode>,
+            }
+            Ok(Request::Night(from_body::<Night>(body)?.mode))
+        }
+        "set_sound" => Ok(Request::SetSound(from_body(body)?)),
+        "listen_only" => {
+            #[derive(Deserialize)]
+            #[serde(deny_unknown_fields)]
+            struct ListenOnly {
+                on: bool,
+            }
+            Ok(Request::ListenOnly(from_body::<ListenOnly>(body)?.on))
+        }
         other => Err(ControlError::new(
             "unknown_type",
             format!(
-                "unknown message type {:?}; known: get_settings, apply_constraints, set_track_enabled, talk, chat, set_name",
+                "unknown message type {:?}; known: get_settings, apply_constraints, set_track_enabled, talk, chat, set_name, lullaby, get_sound, set_sound, listen_only, night",
                 truncate(other, 40)
             ),
         )),
@@ -274,15 +356,20 @@ fn truncate(s: &str, n: usize) -> String {
 }
 
 pub fn reply_ok(id: &Value, result: Value) -> String {
-    json!({"v": VERSION, "type": "reply", "id": id, "ok": true, "result": result}).to_string()
+    Reply { id: id.clone(), result: Ok(result) }.to_text()
 }
 
 pub fn reply_err(id: &Value, error: &ControlError) -> String {
-    json!({"v": VERSION, "type": "reply", "id": id, "ok": false, "error": error.to_json()}).to_string()
+    Reply { id: id.clone(), result: Err(error.clone()) }.to_text()
 }
 
 /// An event: `fields` (an object) plus the envelope.
 pub fn event(name: &str, fields: Value) -> String {
+    event_value(name, fields).to_string()
+}
+
+/// [`event`] as a JSON value (for transports that do not send JSON text).
+pub fn event_value(name: &str, fields: Value) -> Value {
     let mut m = match fields {
         Value::Object(m) => m,
         _ => Map::new(),
@@ -290,7 +377,32 @@ pub fn event(name: &str, fields: Value) -> String {
     m.insert("v".into(), json!(VERSION));
     m.insert("type".into(), json!("event"));
     m.insert("event".into(), json!(name));
-    Value::Object(m).to_string()
+    Value::Object(m)
+}
+
+/// A reply as a value: serialized by the transport that carries it (JSON text on a control
+/// channel, BinaryPack on a PeerJS data connection), never parsed back.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Reply {
+    pub id: Value,
+    pub result: Result<Value, ControlError>,
+}
+
+impl Reply {
+    pub fn error(id: Value, e: ControlError) -> Self {
+        Self { id, result: Err(e) }
+    }
+
+    pub fn to_json(&self) -> Value {
+        match &self.result {
+            Ok(result) => json!({"v": VERSION, "type": "reply", "id": self.id, "ok": true, "result": result}),
+            Err(e) => json!({"v": VERSION, "type": "reply", "id": self.id, "ok": false, "error": e.to_json()}),
+        }
+    }
+
+    pub fn to_text(&self) -> String {
+        self.to_json().to_string()
+    }
 }
 
 #[cfg(test)]
@@ -320,6 +432,10 @@ mod tests {
         let r = parse(r#"{"v":1,"id":1,"type":"set_track_enabled","kind":"audio","enabled":false}"#).1.unwrap();
         assert_eq!(r, Request::SetTrackEnabled(TrackEnabled { kind: TrackKind::Audio, enabled: false }));
         assert_eq!(parse(r#"{"v":1,"id":2,"type":"talk","action":"release"}"#).1.unwrap(), Request::Talk(TalkAction::Release));
+        assert_eq!(parse(r#"{"v":1,"id":2,"type":"listen_only","on":true}"#).1.unwrap(), Request::ListenOnly(true));
+        use crate::pipeline::night::Mode;
+        assert_eq!(parse(r#"{"v":1,"id":3,"type":"night","mode":"watching"}"#).1.unwrap(), Request::Night(Some(Mode::Watching)));
+        assert_eq!(parse(r#"{"v":1,"id":4,"type":"night"}"#).1.unwrap(), Request::Night(None));
         assert_eq!(
             parse(r#"{"v":1,"id":3,"type":"chat","text":"  hi  ","name":"Mum\u0007"}"#).1.unwrap(),
             Request::Chat { text: "hi".into(), name: Some("Mum".into()) }
@@ -338,6 +454,12 @@ mod tests {
         assert_eq!(code(r#"{"v":1,"type":"set_track_enabled","kind":"video","enabled":"no"}"#), "bad_message");
         assert_eq!(code(r#"{"v":1,"type":"set_track_enabled","kind":"screen","enabled":true}"#), "bad_message");
         assert_eq!(code(r#"{"v":1,"type":"talk","action":"shout"}"#), "bad_message");
+        assert_eq!(code(r#"{"v":1,"type":"listen_only","on":"yes"}"#), "bad_message");
+        assert_eq!(code(r#"{"v":1,"type":"listen_only"}"#), "bad_message");
+        let (_, e) = parse(r#"{"v":1,"id":5,"type":"night","mode":"dusk"}"#);
+        let e = e.unwrap_err();
+        assert_eq!((e.code, e.to_json()["field"].as_str()), ("bad_message", Some("mode")), "{e}");
+        assert_eq!(code(r#"{"v":1,"id":6,"type":"night","mode":"on","extra":1}"#), "bad_message");
         assert_eq!(code(r#"{"v":1,"type":"apply_constraints"}"#), "bad_message");
         assert_eq!(code(r#"{"v":1,"type":"apply_constraints","video":{"width":"big"}}"#), "bad_message");
         assert_eq!(code(r#"{"v":1,"type":"apply_constraints","video":{"bitrate_kbps":5}}"#), "bad_message");

@@ -5,7 +5,13 @@
 //! port. See the README's architecture section.
 
 pub mod control;
+pub mod egress;
+pub mod events;
+pub mod ice;
+pub mod link;
 pub mod offer;
+pub mod plan;
+pub mod publish;
 pub mod room;
 pub mod session;
 pub mod talkback;
@@ -31,10 +37,12 @@ use webrtc::peer_connection::configuration::RTCConfiguration;
 use webrtc::peer_connection::RTCPeerConnection;
 use webrtc::rtp_transceiver::RTCPFeedback;
 use webrtc::rtp_transceiver::rtp_codec::{
-    RTCRtpCodecCapability, RTCRtpCodecParameters, RTPCodecType,
+    RTCRtpCodecCapability, RTCRtpCodecParameters, RTCRtpHeaderExtensionCapability, RTPCodecType,
 };
 
 pub const OPUS_PAYLOAD_TYPE: u8 = 111;
+/// RTP header extension asking the receiver for a playout delay range (WebRTC's own).
+pub const PLAYOUT_DELAY_URI: &str = "http://www.webrtc.org/experiments/rtp-hdrext/playout-delay";
 
 /// The codec the video track is created with (what the encoder produces).
 pub fn h264_capability() -> RTCRtpCodecCapability {
@@ -60,7 +68,7 @@ pub fn opus_capability() -> RTCRtpCodecCapability {
 }
 
 fn video_feedback() -> Vec<RTCPFeedback> {
-    [("goog-remb", ""), ("ccm", "fir"), ("nack", ""), ("nack", "pli")]
+    [("goog-remb", ""), ("transport-cc", ""), ("ccm", "fir"), ("nack", ""), ("nack", "pli")]
         .iter()
         .map(|(t, p)| RTCPFeedback { typ: t.to_string(), parameter: p.to_string() })
         .collect()
@@ -70,11 +78,31 @@ fn video_feedback() -> Vec<RTCPFeedback> {
 pub struct RtcEngine {
     api: API,
     ice_servers: Vec<RTCIceServer>,
+    /// coturn `use-auth-secret`: fresh TURN credentials for each peer connection (`[ice] turn_secret`).
+    turn: Option<TurnMint>,
+    /// The UDP port's address as a STUN server saw it (behind a NAT), offered as `typ srflx`.
+    public: Option<SocketAddr>,
     pub udp_addr: SocketAddr,
+    /// Which link each outgoing SSRC travels on (for NACK retransmissions).
+    pub egress: Arc<egress::Egress>,
+}
+
+/// What the device needs to mint its own TURN credentials (the secret is never logged).
+struct TurnMint {
+    secret: String,
+    urls: Vec<String>,
+    ttl_s: u64,
 }
 
 impl RtcEngine {
     pub async fn new(cfg: &WebRtcConfig) -> Result<Self, String> {
+        Self::with_ice(cfg, &crate::config::IceConfig::default()).await
+    }
+
+    /// The engine with `[ice]`: its servers join `[webrtc] ice_servers`; with a TURN secret each
+    /// peer connection gets freshly minted TURN credentials; a STUN/TURN server is asked for the
+    /// UDP port's public address before the port is shared (see `ice`).
+    pub async fn with_ice(cfg: &WebRtcConfig, ice: &crate::config::IceConfig) -> Result<Self, String> {
         let mut media = MediaEngine::default();
         // Only H.264 and Opus: the answer then carries nothing else, whatever the offer lists
         // first. Several H.264 profiles are registered because a constrained-baseline stream is
@@ -101,7 +129,23 @@ impl RtcEngine {
                 RTPCodecType::Audio,
             )
             .map_err(|e| format!("cannot register Opus: {e}"))?;
-        let registry = register_default_interceptors(Registry::new(), &mut media)
+        // Playout delay min = max = 0 on the video: a live monitor wants each frame shown as soon
+        // as it is decoded, not held for smoothness (Chromium honours it when negotiated).
+        media
+            .register_header_extension(
+                RTCRtpHeaderExtensionCapability { uri: PLAYOUT_DELAY_URI.to_owned() },
+                RTPCodecType::Video,
+                None,
+            )
+            .map_err(|e| format!("cannot register the playout-delay extension: {e}"))?;
+        // default interceptors: NACK, RTCP reports, and transport-cc (the feedback and the
+        // header extension for both kinds; the sessions stamp the sequence numbers themselves
+        // and run congestion control on the feedback, see `link`). `egress` goes first, so it
+        // wraps the writer below the NACK responder and sees its retransmissions.
+        let egress = egress::Egress::new();
+        let mut registry = Registry::new();
+        registry.add(Box::new(egress::EgressBuilder(Arc::clone(&egress))));
+        let registry = register_default_interceptors(registry, &mut media)
             .map_err(|e| format!("cannot set up RTP interceptors: {e}"))?;
 
         let bind = SocketAddr::new(cfg.udp_bind, cfg.udp_port);
@@ -111,6 +155,32 @@ impl RtcEngine {
             )
         })?;
         let udp_addr = socket.local_addr().map_err(|e| e.to_string())?;
+        let stun_urls: Vec<String> = cfg
+            .ice_servers
+            .iter()
+            .chain(&ice.servers)
+            .flat_map(|s| s.urls.iter().map(|u| u.0.clone()))
+            .chain(ice.turn_urls.iter().map(|u| u.0.clone()))
+            .collect();
+        let public = if stun_urls.iter().any(|u| ice::stun_target(u).is_some()) {
+            let found = ice::discover_public(&socket, &stun_urls, Duration::from_millis(1500)).await;
+            match found {
+                Some(p) if Some(p) != Some(udp_addr) => log::info!("ice: the UDP port {udp_addr} is {p} as the STUN server sees it (offered as srflx)"),
+                Some(_) => log::info!("ice: the UDP port {udp_addr} is not behind a NAT"),
+                None => log::warn!("ice: no STUN server answered; no server-reflexive candidate (viewers behind another NAT need TURN)"),
+            }
+            found.filter(|p| *p != udp_addr && !p.ip().is_unspecified())
+        } else {
+            None
+        };
+        let turn = ice.mints_turn().then(|| TurnMint {
+            secret: ice.turn_secret.0.clone(),
+            urls: ice.turn_urls.iter().map(|u| u.0.clone()).collect(),
+            ttl_s: ice.turn_ttl_s.get() as u64,
+        });
+        if !ice.turn_secret.0.is_empty() && ice.turn_urls.is_empty() {
+            log::warn!("ice: turn_secret is set but turn_urls is empty: no TURN credentials are minted");
+        }
         let mux = UDPMuxDefault::new(UDPMuxParams::new(socket));
 
         let mut settings = SettingEngine::default();
@@ -155,17 +225,36 @@ impl RtcEngine {
         let ice_servers = cfg
             .ice_servers
             .iter()
+            .chain(&ice.servers)
             .map(|s| RTCIceServer {
                 urls: s.urls.iter().map(|u| u.0.clone()).collect(),
                 username: s.username.clone(),
                 credential: s.credential.clone(),
             })
             .collect();
-        Ok(Self { api, ice_servers, udp_addr })
+        Ok(Self { api, ice_servers, turn, public, udp_addr, egress })
+    }
+
+    /// The public address found by STUN at start, if any.
+    pub fn public_addr(&self) -> Option<SocketAddr> {
+        self.public
+    }
+
+    /// An answer's SDP as sent: with the public address as a server-reflexive candidate.
+    pub fn finish_answer(&self, sdp: String) -> String {
+        match self.public {
+            Some(p) => ice::add_srflx(&sdp, p, self.udp_addr),
+            None => sdp,
+        }
     }
 
     pub async fn new_peer_connection(&self) -> Result<Arc<RTCPeerConnection>, String> {
-        let config = RTCConfiguration { ice_servers: self.ice_servers.clone(), ..Default::default() };
+        let mut ice_servers = self.ice_servers.clone();
+        if let Some(t) = &self.turn {
+            let (username, credential) = ice::turn_credentials(&t.secret, "peercam-device", ice::unix_now(), t.ttl_s);
+            ice_servers.push(RTCIceServer { urls: t.urls.clone(), username, credential });
+        }
+        let config = RTCConfiguration { ice_servers, ..Default::default() };
         self.api
             .new_peer_connection(config)
             .await

@@ -43,7 +43,15 @@ pub struct OfferSummary {
     pub video: Option<MediaLine>,
     pub audio: Option<MediaLine>,
     pub data_channel: bool,
+    /// `a=candidate` lines in the offer (session level and every m-line).
+    pub candidates: usize,
 }
+
+/// Remote ICE candidates one session accepts, in its offer and trickled together. Each is a
+/// target of the device's connectivity checks, so an unbounded list would let a client aim
+/// STUN traffic at hosts of its choosing (and burn CPU). A browser offers a handful per
+/// network interface; real offers carry 2–10.
+pub const MAX_REMOTE_CANDIDATES: usize = 64;
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum OfferError {
@@ -58,6 +66,8 @@ pub enum OfferError {
     NoH264 { offered: String, profiles: String },
     #[error("the offer's audio has no Opus (offered: {offered}); peercam sends Opus only")]
     NoOpus { offered: String },
+    #[error("the offer carries {count} ICE candidates; at most {max} are accepted per session")]
+    TooManyCandidates { count: usize, max: usize },
 }
 
 /// Checks an offer. Bundle, ICE and DTLS details are left to the WebRTC stack.
@@ -67,7 +77,12 @@ pub fn inspect(sdp: &str) -> Result<OfferSummary, OfferError> {
     }
     let desc = SessionDescription::unmarshal(&mut Cursor::new(sdp.as_bytes()))
         .map_err(|e| OfferError::Malformed(printable(&e.to_string())))?;
-    let mut summary = OfferSummary { video: None, audio: None, data_channel: false };
+    let mut summary = OfferSummary { video: None, audio: None, data_channel: false, candidates: 0 };
+    summary.candidates = desc.attributes.iter().filter(|a| a.key == "candidate").count()
+        + desc.media_descriptions.iter().flat_map(|m| &m.attributes).filter(|a| a.key == "candidate").count();
+    if summary.candidates > MAX_REMOTE_CANDIDATES {
+        return Err(OfferError::TooManyCandidates { count: summary.candidates, max: MAX_REMOTE_CANDIDATES });
+    }
     for m in &desc.media_descriptions {
         let kind = m.media_name.media.as_str();
         if kind == "application" {

@@ -1,16 +1,28 @@
-//! WHEP (RFC 9725): `POST /whep` with an SDP offer → `201 Created`, `Location` of the session,
-//! SDP answer with the device's candidates (gathering complete, so clients need not trickle);
-//! `DELETE <Location>` ends it; `PATCH` (trickle) answers 405 as the RFC allows.
+//! WHEP (draft-ietf-wish-whep; RFC 9725 is its sibling WHIP): `POST /whep` with an SDP offer →
+//! `201 Created`, `Location` of the session, SDP answer with the device's candidates (gathering
+//! complete, so clients need not trickle); `DELETE <Location>` ends it; `PATCH` (trickle) answers
+//! 405 as the draft allows. The contract: docs/interfaces.md, "WHEP".
 
-use crate::http::AppState;
-use crate::rtc::session::SessionError;
+use super::Owner;
+use crate::rtc::session::{SessionError, Sessions};
+use std::sync::Arc;
 use axum::body::Bytes;
 use axum::extract::rejection::BytesRejection;
-use axum::extract::{Path, State};
+use axum::extract::{Extension, Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 
 pub const SDP: &str = "application/sdp";
+
+/// What the WHEP handlers need, built by the layer that mounts them (axum `FromRef`).
+#[derive(Clone)]
+pub struct WhepState {
+    pub sessions: Arc<Sessions>,
+    pub max_body_bytes: usize,
+    /// Called when a session was opened by a request that carried an [`Owner`], so that the
+    /// session ends with that login (the mounting layer knows how logins and sessions meet).
+    pub on_owned: Arc<dyn Fn(&str, Owner) + Send + Sync>,
+}
 
 fn text(status: StatusCode, msg: impl Into<String>) -> Response {
     let mut m = msg.into();
@@ -21,7 +33,8 @@ fn text(status: StatusCode, msg: impl Into<String>) -> Response {
 /// `POST /whep?sync=0` is a peercam extension: video and audio are not lip-synced (lower video
 /// latency; see `rtc::session::Purpose::Watch`). Plain WHEP clients get synced streams.
 pub async fn post(
-    State(app): State<AppState>,
+    State(app): State<WhepState>,
+    owner: Option<Extension<Owner>>,
     axum::extract::RawQuery(query): axum::extract::RawQuery,
     headers: HeaderMap,
     body: Result<Bytes, BytesRejection>,
@@ -56,8 +69,8 @@ pub async fn post(
     match app.sessions.answer_whep(offer, lip_sync).await {
         Ok((id, answer)) => {
             // A token minted for a browser login: the session ends when that login does.
-            if let Some(owner) = crate::http::bearer(&headers).and_then(|t| app.auth.login_of_token(t)) {
-                app.sessions.set_owner(&id, owner);
+            if let Some(Extension(owner)) = owner {
+                (app.on_owned)(&id, owner);
             }
             let location = format!("/whep/{id}");
             (
@@ -84,7 +97,7 @@ pub async fn post(
     }
 }
 
-pub async fn delete(State(app): State<AppState>, Path(id): Path<String>) -> Response {
+pub async fn delete(State(app): State<WhepState>, Path(id): Path<String>) -> Response {
     if app.sessions.remove(&id, "WHEP DELETE").await {
         StatusCode::OK.into_response()
     } else {

@@ -1,4 +1,4 @@
-//! The ALSA microphone through real alsa-lib, without a sound card (DESIGN rig 2).
+//! The ALSA microphone through real alsa-lib, without a sound card (docs/test-rigs.md, rig 2).
 //!
 //! How: every test in this binary points `ALSA_CONFIG_PATH` at a configuration written into a
 //! temporary directory before alsa-lib is first used (alsa-lib reads its configuration once per
@@ -180,4 +180,24 @@ fn the_file_plugin_rig_keeps_no_time() {
     }
     assert!(t0.elapsed() < Duration::from_millis(500), "1 s of audio took {:?}", t0.elapsed());
     assert_eq!(mic.xruns(), 0);
+}
+
+/// A reader that stalls (a busy or stopped process) lets the capture buffer overrun: counted as
+/// an overrun even where the driver reports none (this rig's file plugin keeps no time, see
+/// above). A pause the caller asked for (nobody listens) is not one.
+#[test]
+fn a_stalled_reader_counts_an_overrun_and_a_pause_does_not() {
+    setup();
+    let (mut mic, _) = AlsaMic::open(request("peercam_test_mic_48k", 48_000.0, 1.0)).unwrap();
+    let mut frame = AudioFrame { samples: vec![0; AUDIO_FRAME_SAMPLES], capture_unix_us: 0 };
+    mic.next_frame(&mut frame).unwrap();
+    mic.pause();
+    std::thread::sleep(Duration::from_millis(500));
+    mic.next_frame(&mut frame).unwrap();
+    assert_eq!(mic.xruns(), 0, "a pause asked for is no overrun");
+    std::thread::sleep(Duration::from_millis(500));
+    mic.next_frame(&mut frame).unwrap();
+    assert_eq!(mic.xruns(), 1, "a stall is one");
+    mic.next_frame(&mut frame).unwrap();
+    assert_eq!(mic.xruns(), 1);
 }

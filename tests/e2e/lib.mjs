@@ -118,12 +118,15 @@ function toToml(config) {
     `[${table}]\n${Object.entries(kv).map(([k, v]) => `${k} = ${value(v)}`).join('\n')}\n`).join('\n');
 }
 
-// Starts `peercam run --config <temp>.toml` and resolves once it logs "listening on http://HOST:PORT/".
-// `config` is merged table by table into DEFAULT_CONFIG. The log goes to artifacts/<name>-service.log.
+// The one JavaScript launcher of the service (e2e, peerjs and tests/service/https_login.mjs use it).
+// Starts `peercam run --config <temp>.toml` and resolves once it logs "listening on http(s)://HOST:PORT/".
+// `config` is merged table by table into DEFAULT_CONFIG. The log goes to <artifacts>/<name>-service.log
+// (default tests/e2e/artifacts) and its last LOG_KEEP_BYTES stay in memory (`logText()`).
 // PEERCAM_MOCK=1 starts the Chromium stand-in device instead (mock-device.mjs), to develop the page
 // and these tests without the Rust build.
 // `env` adds variables to the service's environment (e.g. ALSA_CONFIG_PATH for a file-plugin speaker).
-export async function startService({ name = 'service', config = {}, env = {}, readyTimeoutMs = 30000 } = {}) {
+const LOG_KEEP_BYTES = 8 << 20;
+export async function startService({ name = 'service', config = {}, env = {}, readyTimeoutMs = 30000, artifacts = ARTIFACTS } = {}) {
   const merged = structuredClone(DEFAULT_CONFIG);
   for (const [table, kv] of Object.entries(config)) merged[table] = { ...merged[table], ...kv };
   if (process.env.PEERCAM_MOCK === '1') {
@@ -140,9 +143,11 @@ export async function startService({ name = 'service', config = {}, env = {}, re
   const dir = mkdtempSync(join(tmpdir(), 'peercam-e2e-'));
   const configPath = join(dir, 'peercam.toml');
   writeFileSync(configPath, toToml(merged));
-  const logPath = join(ARTIFACTS, `${name}-service.log`);
+  mkdirSync(artifacts, { recursive: true });
+  const logPath = join(artifacts, `${name}-service.log`);
   const log = createWriteStream(logPath);
   let proc = null, exitPromise = null, exited = null, url = null, runs = 0, stopping = false;
+  let kept = '';   // the log's tail, for checks on what the service printed
 
   // (Re)starts the process with the same config; the log file gets every run, separated by a marker.
   const start = async () => {
@@ -152,7 +157,9 @@ export async function startService({ name = 'service', config = {}, env = {}, re
     stopping = false;
     proc = spawn(BIN, ['run', '--config', configPath], {
       stdio: ['ignore', 'pipe', 'pipe'],
-      env: { ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', RUST_BACKTRACE: '1', ...env },
+      // Logs to our pipe (we wait for `listening on`), never to the journal: no JOURNAL_STREAM.
+      env: Object.fromEntries(Object.entries({ ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', RUST_BACKTRACE: '1', ...env })
+        .filter(([k]) => k !== 'JOURNAL_STREAM')),
     });
     const me = proc;
     children.add(me);
@@ -167,9 +174,11 @@ export async function startService({ name = 'service', config = {}, env = {}, re
       const timer = setTimeout(() => reject(new Error(`service not ready after ${readyTimeoutMs} ms; log: ${logPath}\n${tail(buffered)}`)), readyTimeoutMs);
       const onData = (chunk) => {
         log.write(chunk);
-        if (ready) return;   // after startup, only the log file keeps the text
+        kept += chunk;
+        if (kept.length > LOG_KEEP_BYTES) kept = kept.slice(-LOG_KEEP_BYTES / 2);
+        if (ready) return;   // after startup, only the log keeps the text
         buffered += chunk;
-        const m = /listening on (http:\/\/[^\s/]+\/)/.exec(buffered);
+        const m = /listening on (https?:\/\/[^\s/]+\/)/.exec(buffered);
         if (m) { ready = true; buffered = ''; clearTimeout(timer); resolveUrl(m[1]); }
       };
       me.stdout.on('data', onData);
@@ -199,12 +208,12 @@ export async function startService({ name = 'service', config = {}, env = {}, re
     const proxyUrl = await webFromDisk(() => url);
     return {
       get url() { return proxyUrl; }, get proc() { return proc; }, logPath, configPath, start: async () => { await start(); return proxyUrl; }, stop,
-      exited: () => exited, settings: () => getJson(`${url}api/settings`),
+      exited: () => exited, settings: () => getJson(`${url}api/settings`), logText: () => kept,
     };
   }
   return {
     get url() { return url; }, get proc() { return proc; }, logPath, configPath, start, stop,
-    exited: () => exited, settings: () => getJson(`${url}api/settings`),
+    exited: () => exited, settings: () => getJson(`${url}api/settings`), logText: () => kept,
   };
 }
 
@@ -240,7 +249,7 @@ export async function getJson(url) {
 
 // ---- the browser -----------------------------------------------------------------------------
 
-// Flags from DESIGN.md, test rig 1. playwright-core already gives every launch a fresh temporary
+// Flags from docs/test-rigs.md, rig 1. playwright-core already gives every launch a fresh temporary
 // --user-data-dir (and refuses one in `args`). We drop its default --mute-audio: a muted browser is
 // not what a viewer has, and audio playout is what feeds the receiver's audio level statistics.
 // `autoplay: true` only for tests that are not about autoplay (it hides autoplay failures).
@@ -336,7 +345,7 @@ export function remoteCandidate(stats) {
 // ---- the timestamp code ----------------------------------------------------------------------
 
 // Installs a requestVideoFrameCallback probe in the page. For each rendered frame it copies row 0 of the
-// picture to a canvas and decodes the timestamp code (DESIGN.md "Test pattern timestamp code"):
+// picture to a canvas and decodes the timestamp code (docs/interfaces.md, "Test pattern timestamp code"):
 // block size b = max(8, floor(width / 40)); 34 blocks; block 0 white, block 1 black are the reference
 // levels; blocks 2..33 are bits 31..0 of (Unix ms at capture) mod 2^32. Latency = now − code (mod 2^32).
 // `every`: decode the code on every n-th rendered frame only (all frames are counted); the canvas copy

@@ -1,4 +1,4 @@
-// Three viewers at once: each renders ≥ 80 % of frames, the device counts 3 viewers and encodes once
+// Three viewers at once: each decodes ≥ 90 % and renders ≥ 80 % of the frames the device sent, the device counts 3 viewers and encodes once
 // (encoded_frames grows by ≤ 1.3 × fps × duration, not 3×), and closing the pages frees the device.
 import {
   checkFrames, cpuSeconds, DEFAULT_CONFIG, inbound, remoteCandidate, installProbe, launchBrowser, main, openViewer, probeFor, rtcStats, sleep, startService, waitForLive,
@@ -38,7 +38,17 @@ await main('multi', async (t) => {
       `packetsLost ${v1.packetsLost}, freezes ${v1.freezeCount}, decode ${((1000 * (v1.totalDecodeTime - v0.totalDecodeTime)) / (v1.framesDecoded - v0.framesDecoded)).toFixed(1)} ms/frame`);
   });
 
-  results.forEach((r, i) => checkFrames(t, `viewer ${i + 1}`, r, { fps: FPS }));
+  // What the device sent is the reference: on a loaded 2-core machine its test pattern may fall a little short of
+  // 30 fps (CI saw 140 frames in 5.1 s), and the browser can only render what arrived. Each viewer must decode
+  // ≥ 90 % of the encoded frames (the device delivered to all three) and render ≥ 80 % of them (Chromium's
+  // software compositor, three windows on two cores).
+  const sentFps = Math.min(FPS, (s1.video.encoded_frames - s0.video.encoded_frames) / wall);
+  st1.forEach((st, i) => {
+    const decoded = inbound(st, 'video').framesDecoded - inbound(st0[i], 'video').framesDecoded;
+    t.check(decoded >= 0.9 * sentFps * wall, `viewer ${i + 1}: decoded what the device sent`,
+      `${decoded} frames decoded, ${(sentFps * wall).toFixed(0)} encoded in the same ${wall.toFixed(2)} s (need ≥ 90 %)`);
+  });
+  results.forEach((r, i) => checkFrames(t, `viewer ${i + 1}`, r, { fps: sentFps }));
   const ports = st1.map((st) => { const c = remoteCandidate(st); return `${c.protocol} ${c.address}:${c.port}`; });
   t.check(ports.every((p) => p === `udp 127.0.0.1:${DEFAULT_CONFIG.webrtc.udp_port}`), 'all viewers share the one UDP port',
     ports.join(', '));

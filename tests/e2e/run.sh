@@ -1,6 +1,6 @@
 #!/bin/sh
 # Browser end-to-end tests for peercam.
-#   tests/e2e/run.sh [watch multi autoplay reconnect talk control]   (default: all; needs root for unshare)
+#   tests/e2e/run.sh [watch multi autoplay reconnect talk control sound night record]   (default: all; needs root for unshare)
 # Each test runs in its own loopback-only network namespace, and in its own PID namespace so that
 # nothing it started (the peercam service, Chromium) survives it, whatever happens. The test script
 # spawns the service itself, so the device and the browser share that namespace.
@@ -23,7 +23,7 @@ fi
 mkdir -p artifacts
 
 passed=0; failed=0; failures=""
-for t in ${*:-watch multi autoplay reconnect talk control}; do
+for t in ${*:-watch multi autoplay reconnect talk control sound night record}; do
   echo "=== $t"
   # timeout signals unshare; --kill-child then kills the namespace's init (node), and with it every
   # process in the PID namespace.

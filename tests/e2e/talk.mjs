@@ -1,11 +1,11 @@
 // Talk-back through the page: Chromium's fake microphone (a short beep about once a second) → the
-// page's Talk button (hold, then tap-to-lock) → the device → an ALSA `file` PCM (DESIGN rig 2). The
+// page's Talk button (hold, then tap-to-lock) → the device → an ALSA `file` PCM (docs/test-rigs.md, rig 2). The
 // written PCM must carry the beeps (energy, and the same period as the microphone); the delay from the
 // browser's microphone to the bytes in the file is printed. One speaker at a time: a second viewer gets
 // `busy` and sees `talker_changed`; the talker closing its page frees the speaker for the other. The
 // page's own messages: microphone permission denied, and an insecure (plain http, non-localhost) origin.
 import { mkdtempSync, readFileSync, statSync, writeFileSync, existsSync } from 'node:fs';
-import { tmpdir } from 'node:os';
+import { hostname, tmpdir } from 'node:os';
 import { join } from 'node:path';
 import {
   ARTIFACTS, evaluate, launchBrowser, main, onCleanup, openViewer, percentile, request, sleep, startService,
@@ -234,7 +234,10 @@ await main('talk', async (t) => {
   // (frames_written counts the device's 20 ms frames since it started.)
   const framesMid = (tb.frames_written ?? NaN) - (startSettings.talkback?.frames_written ?? 0);
   const heldMs = framesMid * 20 - (midSize / frameBytes / rate) * 1000;
-  t.check(delays.length >= 4 && delays.length >= paired.length - 2 && percentile(delays, 50) > 0 && percentile(delays, 50) < 500,
+  // (A majority of the pairs must agree, so the median is theirs: under load the page's 40 ms envelope
+  // sampler, or a concealed frame in a beep, adds or drops an onset, which shifts the pairs on one side
+  // of the mute by a period — seen as 10 of 13 in CI, 7 of 12 here at load 10 on 2 cores.)
+  t.check(delays.length >= 4 && 2 * delays.length > paired.length && percentile(delays, 50) > 0 && percentile(delays, 50) < 500,
     'delay from the browser\'s microphone to the PCM file',
     `p50 ${percentile(delays, 50)} ms, min ${Math.min(...delays)}, max ${Math.max(...delays)} (${delays.length} of ${paired.length} beeps paired by the ` +
     `${GAP_MS} ms mute); of which ~${heldMs.toFixed(0)} ms is the file plugin holding back one buffer → ` +
@@ -277,6 +280,61 @@ await main('talk', async (t) => {
   const bOff = await waitFor(B.page, () => !window.peercam.talking, undefined, { timeoutMs: 2000, what: 'B stops' }).catch((e) => ({ error: e.message }));
   const bFree = await waitFor(B.page, () => window.peercam.talker === null, undefined, { timeoutMs: 3000, what: 'speaker free' }).catch((e) => ({ error: e.message }));
   t.check(!bOff.error && !bFree.error, 'a second tap stops B and frees the speaker', bOff.error || bFree.error || 'ok');
+
+  // ---- a lullaby from the page's settings sheet, on the same speaker ----
+  const lullText = () => document.getElementById('lull-state').textContent;
+  await B.page.click('#btn-settings');
+  const lullShown = await waitFor(B.page, () => !document.getElementById('lullaby').hidden && /Not playing|Playing/.test(document.getElementById('lull-state').textContent),
+    undefined, { timeoutMs: 3000, what: 'lullaby status' }).catch((e) => ({ error: e.message }));
+  await B.page.selectOption('#lull-sound', 'pink');
+  await B.page.click('#lull-start');
+  const lullPlaying = await waitFor(B.page, () => /Playing pink/.test(document.getElementById('lull-state').textContent),
+    undefined, { timeoutMs: 5000, what: 'lullaby playing' }).catch((e) => ({ error: e.message }));
+  await sleep(300);
+  const lullSize0 = statSync(out).size;
+  await sleep(1000);
+  const lullSize1 = statSync(out).size;
+  const lullSettings = await svc.settings();
+  t.check(!lullShown.error && !lullPlaying.error && lullSize1 > lullSize0 && lullSettings.talkback?.lullaby?.sound === 'pink',
+    'the page plays pink noise on the camera\'s speaker (settings sheet → lullaby start)',
+    lullShown.error || lullPlaying.error || `"${await evaluate(B.page, lullText)}"; speaker file ${lullSize0} → ${lullSize1} bytes; talkback.lullaby ${JSON.stringify(lullSettings.talkback?.lullaby)}`);
+  // Ducking: while B talks the lullaby drops to 20 % (src/rtc/talkback/lullaby.rs DUCKED), then comes back.
+  // The fake microphone beeps briefly once a second and is silent between, so the median 20 ms RMS of each
+  // stretch of the speaker file is the lullaby's level (the beeps are a minority of the windows).
+  await B.page.click('#btn-settings');   // close the sheet: the talk button is under it on small screens
+  await sleep(2200);                     // the 2 s fade-in
+  const span = async (ms) => { const a = statSync(out).size; await sleep(ms); return [a, statSync(out).size]; };
+  const alone = await span(1200);
+  await B.page.locator('#btn-talk').click();   // a tap locks talking on
+  const duckTalk = await waitFor(B.page, () => window.peercam.talking, undefined, { timeoutMs: 5000, what: 'B talks over the lullaby' }).catch((e) => ({ error: e.message }));
+  await sleep(600);
+  const ducked = await span(2000);
+  await B.page.locator('#btn-talk').click();   // tap again: off
+  await waitFor(B.page, () => !window.peercam.talking, undefined, { timeoutMs: 3000, what: 'B stops' }).catch(() => {});
+  await sleep(1000);
+  const back = await span(1200);
+  const level = ([a, b]) => {
+    const fb = (output.channels || 1) * (/^S16/i.test(output.format || 'S16_LE') ? 2 : 4);
+    const buf = readFileSync(out).subarray(Math.floor(a / fb) * fb, Math.floor(b / fb) * fb);
+    const { x: y } = decode(buf, { format: output.format, channels });
+    const w = Math.round(rate * 0.02), rms = [];
+    for (let i = 0; i + w <= y.length; i += w) { let q = 0; for (let j = i; j < i + w; j++) q += y[j] * y[j]; rms.push(Math.sqrt(q / w)); }
+    return percentile(rms, 50);
+  };
+  const ordered = alone[0] <= alone[1] && alone[1] <= ducked[0] && ducked[1] <= back[0] && back[0] <= back[1];
+  const [lA, lD, lB] = [level(alone), level(ducked), level(back)];
+  t.check(!duckTalk.error && ordered && lA > 0.02 && lD / lA < 0.35 && lB / lA > 0.7, 'talking ducks the lullaby to ~20 % and it comes back after',
+    duckTalk.error || `median 20 ms RMS: alone ${lA.toFixed(4)}, while B talks ${lD.toFixed(4)} (${((100 * lD) / lA).toFixed(0)} %), after ${lB.toFixed(4)} (${((100 * lB) / lA).toFixed(0)} %)` +
+    `${ordered ? '' : '; the speaker file was restarted in between (talking re-opened the speaker?)'}`);
+  await B.page.click('#btn-settings');
+  await B.page.click('#lull-stop');
+  const lullStopped = await waitFor(B.page, () => /Not playing/.test(document.getElementById('lull-state').textContent),
+    undefined, { timeoutMs: 5000, what: 'lullaby stopped' }).catch((e) => ({ error: e.message }));
+  await B.page.click('#btn-settings');   // close the sheet again
+  await sleep(500);
+  const lullAfter = await svc.settings();
+  t.check(!lullStopped.error && !lullAfter.talkback?.lullaby && lullAfter.talkback?.playing === false, 'Stop fades it out and frees the speaker',
+    lullStopped.error || `"${await evaluate(B.page, lullText)}"; talkback ${JSON.stringify({ playing: lullAfter.talkback?.playing, lullaby: lullAfter.talkback?.lullaby })}`);
   t.check(A.errors.length === 0 && B.errors.length === 0, 'no page errors', [...A.errors, ...B.errors].join(' | '));
 
   // ---- the page's messages ----
@@ -304,10 +362,13 @@ await main('talk', async (t) => {
 
   // Plain http on a name that is not localhost: not a secure context, so no navigator.mediaDevices.
   const { port } = new URL(svc.url);
-  const lanBrowser = await launchBrowser({ autoplay: true, extraArgs: ['--host-resolver-rules=MAP peercam.test 127.0.0.1'] });
+  // The machine's own hostname: without a password the device trusts loopback clients only when
+  // the Host names the machine (an attacker's name pointed at 127.0.0.1 is DNS rebinding, refused).
+  const lanName = hostname().toLowerCase();
+  const lanBrowser = await launchBrowser({ autoplay: true, extraArgs: [`--host-resolver-rules=MAP ${lanName} 127.0.0.1`] });
   // (Such a page cannot go live in this namespace: without a media permission, which an insecure origin
   // never has, Chromium gathers no ICE candidate on loopback. The Talk button explains itself anyway.)
-  const L = await openViewer(lanBrowser, `http://peercam.test:${port}/`);
+  const L = await openViewer(lanBrowser, `http://${lanName}:${port}/`);
   const hint = await waitFor(L.page, () => /HTTPS/.test(document.getElementById('talk-hint').textContent) && document.getElementById('talk-hint').textContent,
     undefined, { timeoutMs: 5000, what: 'the Talk button says it needs HTTPS' }).catch((e) => ({ value: e.message }));
   t.check(/needs HTTPS/.test(hint.value), 'insecure origin: the Talk button says it needs HTTPS', JSON.stringify(hint.value));

@@ -24,7 +24,7 @@ if [ -x "$BIN" ]; then
     if readelf -h "$BIN" 2>/dev/null | grep -q "Machine:.*AArch64"; then ok "binary is AArch64 ELF"; else bad "binary is not AArch64"; fi
     if [ -f "$BIN.stripped" ]; then ok "stripped copy: $(stat -c %s "$BIN.stripped") bytes"; else bad "no stripped copy"; fi
     if ! command -v qemu-aarch64-static >/dev/null && ! command -v qemu-aarch64 >/dev/null; then
-        apt-get install -y -qq --no-install-recommends qemu-user-static > /dev/null 2>&1 || true
+        "$ROOT_DIR/scripts/apt-install.sh" qemu-user-static > /dev/null 2>&1 || true
     fi
     if "$ROOT_DIR/scripts/qemu-smoke.sh" aarch64 "$BIN" > "$WORK/qemu.log" 2>&1; then
         ok "qemu-smoke: $(tail -1 "$WORK/qemu.log")"

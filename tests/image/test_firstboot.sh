@@ -181,6 +181,20 @@ for sh in "${SHELLS[@]}"; do
     run_fb "$M" "$sh" && check "UTF-8 BOM + CRLF (Notepad): SSID still read" grep -qx "	ssid=$(hexof bom-net)" "$M/root/etc/wpa_supplicant/wpa_supplicant-wlan0.conf" || bad "BOM import failed: $(cat "$M/log")"
     check "UTF-8 BOM: config without BOM, valid TOML" test "$(head -c 3 "$M/root/etc/peercam/peercam.toml")" = "[au"
 
+    # A password in a form the script does not parse: refused, nothing imported, no plaintext left
+    # anywhere (it used to pass through to /etc and .applied while the log said "password removed").
+    n=0
+    for form in 'auth.password = "ss\"wo\\rd"' '[auth]\n'"'"'password'"'"' = "ss\"wo\\rd"' '[ "auth" ]\npassword = "ss\"wo\\rd"' \
+                'auth = { password = "ss\"wo\\rd" }' '[auth]\nauth.password = "x"\n[auth.password]\nvalue = "ss\"wo\\rd"'; do
+        n=$((n + 1)); D="$C-form$n"; mkdir -p "$D/boot" "$D/root"
+        printf '[video]\nwidth = 640\n'"$form"'\n' > "$D/boot/peercam.toml"
+        if run_fb "$D" "$sh"; then bad "password form $n ($(head -c 40 "$D/boot/peercam.toml.applied" 2>/dev/null)) must be refused"
+        else check "password form $n refused with a message naming the form" grep -q "cannot read (a dotted key" "$D/log"; fi
+        check "password form $n: nothing written to /etc" test ! -e "$D/root/etc/peercam/peercam.toml"
+        check "password form $n: no .applied copy with the plaintext" test ! -e "$D/boot/peercam.toml.applied"
+        check "password form $n: the boot file stays for the user to fix" test -f "$D/boot/peercam.toml"
+    done
+
     B="$C-bad"; mkdir -p "$B/boot" "$B/root"
     printf 'SSID=x\nPASSPHRASE=short\nCOUNTRY=Germany\n' > "$B/boot/wifi.txt"
     if run_fb "$B" "$sh"; then bad "invalid wifi.txt must fail"; else ok "invalid COUNTRY/short passphrase rejected"; fi

@@ -63,6 +63,7 @@ for kv in "Type=notify" "WatchdogSec=10s" "Restart=on-failure" "RestartSec=2" "U
           "SupplementaryGroups=video audio" "StateDirectory=peercam" "ConfigurationDirectory=peercam" \
           "ExecStart=/usr/bin/peercam run --config /etc/peercam/peercam.toml" "DevicePolicy=closed" \
           "DeviceAllow=char-video4linux rw" "DeviceAllow=char-alsa rw" \
+          "DeviceAllow=char-media rw" "DeviceAllow=char-dma_heap rw" \
           "CapabilityBoundingSet=CAP_NET_BIND_SERVICE" "AmbientCapabilities=CAP_NET_BIND_SERVICE" \
           "ProtectSystem=strict" "NoNewPrivileges=yes" "UMask=0077" "SystemCallArchitectures=native" \
           "RestrictAddressFamilies=AF_UNIX AF_INET AF_INET6 AF_NETLINK" "SystemCallFilter=@system-service"; do

@@ -5,10 +5,10 @@ namespace (tests/interop/run.sh does: `unshare -n sh -c 'ip link set lo up; ...'
 
 Pieces:
   * patch_aioice_loopback(): make aioice gather a 127.0.0.1 host candidate.
-  * Service: start the peercam binary (or any command) with a temp config, wait for its
-    `listening on http://` stderr line, always kill it at the end; keeps the stderr log.
+  * Service: the shared launcher (tests/lib/peercam_service.py) with the interop temp config,
+    started on `with`, always stopped at the end; keeps the service log.
   * http_request(): one plain HTTP/1.1 request (stdlib http.client).
-  * read_timestamp_code(): the test pattern's top-left timestamp code (DESIGN.md, Interfaces).
+  * read_timestamp_code(): the test pattern's top-left timestamp code (docs/interfaces.md).
   * whep_receive(): a complete WHEP session with aiortc: offer, POST, answer, decode video and
     audio for N seconds, DELETE; returns numbers, asserts nothing.
   * Checker: PASS/FAIL lines and an 'N passed, N failed' summary.
@@ -22,11 +22,7 @@ import logging
 import math
 import os
 import re
-import shlex
-import signal
-import subprocess
 import sys
-import tempfile
 import threading
 import time
 import urllib.parse
@@ -189,119 +185,44 @@ class Checker:
 # The service under test
 # --------------------------------------------------------------------------------------------
 
-LISTEN_RE = re.compile(r"listening on (http://[^\s,;\"']+)")
+sys.path.insert(0, str(REPO / "tests" / "lib"))
+import peercam_service  # noqa: E402  (the one Python launcher, shared with tests/service)
 
 
-class Service:
-    """Starts the service with the temp config; `with Service(...) as svc: svc.url`.
+class Service(peercam_service.Service):
+    """The shared launcher (tests/lib/peercam_service.py) with the interop temp config, started
+    on entering: `with Service(...) as svc: svc.url`; `stop()` returns the exit code.
 
-    Command: $PEERCAM_CMD if set (shell words; `{config}` is replaced by the config path),
-    else $PEERCAM_BIN (default <repo>/target/release/peercam) followed by $PEERCAM_ARGS
-    (default `--config {config}`). With $PEERCAM_URL set, no process is started and that URL
-    is used (for a service someone else runs).
-    The process's stderr+stdout go to artifacts/<name>-service.log and are kept in memory."""
+    Command: $PEERCAM_CMD / $PEERCAM_BIN as there. With $PEERCAM_URL set, no process is
+    started and that URL is used (for a service someone else runs). The process's
+    stderr+stdout go to artifacts/<name>-service.log and are kept in memory."""
 
     def __init__(self, name: str, config: str = CONFIG_TOML, start_timeout: float = 30.0):
-        self.name = name
-        self.config = config
+        super().__init__(name, config, artifacts=ARTIFACTS)
         self.start_timeout = start_timeout
-        self.proc: Optional[subprocess.Popen] = None
-        self.url: str = ""
-        self.lines: list[str] = []
-        self._ready = threading.Event()
-        self._tmp: Optional[tempfile.TemporaryDirectory] = None
-        self.log_path = ARTIFACTS / f"{name}-service.log"
-        self.started_at = 0.0
-        self.ready_after = 0.0
-
-    def command(self, config_path: str) -> list[str]:
-        if os.environ.get("PEERCAM_CMD"):
-            return [w.replace("{config}", config_path) for w in shlex.split(os.environ["PEERCAM_CMD"])]
-        binary = os.environ.get("PEERCAM_BIN", str(REPO / "target" / "release" / "peercam"))
-        args = os.environ.get("PEERCAM_ARGS", "--config {config}")
-        return [binary] + [w.replace("{config}", config_path) for w in shlex.split(args)]
+        self.external = bool(os.environ.get("PEERCAM_URL"))
 
     def __enter__(self) -> "Service":
-        if os.environ.get("PEERCAM_URL"):
+        if self.external:
             self.url = os.environ["PEERCAM_URL"].rstrip("/")
             return self
-        ARTIFACTS.mkdir(exist_ok=True)
-        self._tmp = tempfile.TemporaryDirectory(prefix="peercam-interop-")
-        cfg = Path(self._tmp.name) / "peercam.toml"
-        cfg.write_text(self.config)
-        cmd = self.command(str(cfg))
-        env = dict(os.environ)
-        # Logs must come to our pipe (we wait for `listening on`), never to the journal.
-        env.pop("JOURNAL_STREAM", None)
-        self.started_at = time.monotonic()
         try:
-            self.proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                env=env, start_new_session=True,
-            )
-        except OSError as e:
-            self._cleanup_tmp()
-            raise RuntimeError(f"cannot start service {cmd}: {e}") from e
-        self._reader = threading.Thread(target=self._read_output, daemon=True)
-        self._reader.start()
-        if not self._ready.wait(self.start_timeout) or not self.url:
-            rc = self.proc.poll()
-            tail = "\n".join(self.lines[-30:])
-            self.stop()
-            raise RuntimeError(
-                f"service did not print 'listening on http://' within {self.start_timeout}s "
-                f"(exit code {rc}); cmd: {shlex.join(cmd)}\n--- service output ---\n{tail}")
-        self.ready_after = time.monotonic() - self.started_at
+            self.start(self.start_timeout)
+        except RuntimeError:
+            self.close()
+            raise
         return self
 
-    def _read_output(self) -> None:
-        assert self.proc and self.proc.stdout
-        with open(self.log_path, "w", encoding="utf-8", errors="replace") as log:
-            for raw in self.proc.stdout:
-                line = raw.decode("utf-8", "replace").rstrip("\n")
-                self.lines.append(line)
-                log.write(line + "\n")
-                log.flush()
-                if not self._ready.is_set():
-                    m = LISTEN_RE.search(line)
-                    if m:
-                        u = urllib.parse.urlsplit(m.group(1))
-                        host = u.hostname or "127.0.0.1"
-                        if host in ("0.0.0.0", "::", "[::]", "localhost"):
-                            host = "127.0.0.1"
-                        self.url = f"http://{host}:{u.port or 80}"
-                        self._ready.set()
-        self._ready.set()  # EOF: unblock the waiter
-
     def alive(self) -> bool:
-        return self.proc is None or self.proc.poll() is None
+        return self.external or super().alive()
 
-    def log_tail(self, n: int = 40) -> str:
-        return "\n".join(self.lines[-n:])
-
-    def stop(self) -> Optional[int]:
+    def stop(self) -> Optional[int]:  # type: ignore[override]
         """SIGTERM, then SIGKILL after 5 s. Returns the exit code (None when not ours)."""
-        rc = None
-        if self.proc is not None:
-            if self.proc.poll() is None:
-                try:
-                    self.proc.send_signal(signal.SIGTERM)
-                    self.proc.wait(5)
-                except subprocess.TimeoutExpired:
-                    self.proc.kill()
-                    self.proc.wait(5)
-            rc = self.proc.returncode
-            self.proc = None
-        self._cleanup_tmp()
+        rc, _ = super().stop()
         return rc
 
-    def _cleanup_tmp(self) -> None:
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
     def __exit__(self, *exc) -> None:
-        self.stop()
+        self.close()
 
 
 def udp_ports_of(pid: int) -> set[int]:
@@ -378,7 +299,7 @@ def get_settings(base: str) -> tuple[Optional[dict], HttpResponse]:
 
 
 # --------------------------------------------------------------------------------------------
-# Timestamp code (DESIGN.md: Test pattern timestamp code)
+# Timestamp code (docs/interfaces.md, "Test pattern timestamp code")
 # --------------------------------------------------------------------------------------------
 
 
@@ -468,11 +389,14 @@ class DecodeErrorLog(logging.Handler):
         super().__init__(level=logging.DEBUG)
         self.aiortc_errors: list[str] = []
         self.ffmpeg_errors: list[str] = []
-        self.lock = threading.Lock()
+        # Not `self.lock`: logging.Handler.handle() already holds that one (acquire()) around
+        # emit(); replacing it with a plain Lock and taking it again here deadlocked the decoder
+        # thread on its first decode error (seen in a run: the test hung at teardown for good).
+        self.records_lock = threading.Lock()
 
     def emit(self, record: logging.LogRecord) -> None:
         msg = record.getMessage()
-        with self.lock:
+        with self.records_lock:
             if record.name.startswith("aiortc") and "failed to decode" in msg:
                 self.aiortc_errors.append(msg)
             elif record.name.startswith("libav") and record.levelno >= logging.ERROR:
@@ -494,7 +418,7 @@ class DecodeErrorLog(logging.Handler):
             logging.getLogger(name).removeHandler(self)
 
     def counts(self) -> tuple[int, int]:
-        with self.lock:
+        with self.records_lock:
             return len(self.aiortc_errors), len(self.ffmpeg_errors)
 
 

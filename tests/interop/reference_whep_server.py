@@ -3,15 +3,17 @@
 
 Speaks the same interface subset as peercam (POST /whep, DELETE <Location>, GET /api/settings,
 `listening on http://...` on stderr) from the same kind of source: a moving test pattern with
-the DESIGN.md timestamp code (H.264 via aiortc's libx264 encoder) and a 440 Hz tone (Opus).
-Uses:
+the timestamp code of docs/interfaces.md (H.264 via aiortc's libx264 encoder) and a 440 Hz tone (Opus).
+The one aiortc reference server of the repo. Uses:
   * validating the interop harness itself without the peercam binary:
       PEERCAM_CMD="tests/interop/.venv/bin/python tests/interop/reference_whep_server.py --config {config}"
-  * the "aiortc server on the same source" reference point for benchmarks.
+  * the "aiortc server on the same source" reference point of the benchmark (bench/bench.mjs
+    starts it with --listen/--width/--height/--fps).
 Unlike peercam it encodes once per viewer (aiortc has no shared encoder) and ignores
 bitrate_kbps / udp_port. Loopback only.
 
   reference_whep_server.py --config peercam.toml
+  reference_whep_server.py --listen 127.0.0.1:18380 --width 1280 --height 720 --fps 30
 """
 
 import argparse
@@ -203,14 +205,25 @@ async def handle(cfg: dict, reader: asyncio.StreamReader, writer: asyncio.Stream
 
 async def main() -> None:
     ap = argparse.ArgumentParser()
-    ap.add_argument("--config", required=True)
+    ap.add_argument("--config", help="a peercam TOML config: [http] listen, [video] width/height/fps/source")
+    ap.add_argument("--listen", help="host:port (overrides the config's [http] listen)")
+    ap.add_argument("--width", type=int)
+    ap.add_argument("--height", type=int)
+    ap.add_argument("--fps", type=int)
     args = ap.parse_args()
-    with open(args.config, "rb") as f:
-        cfg = tomllib.load(f)
+    cfg: dict = {}
+    if args.config:
+        with open(args.config, "rb") as f:
+            cfg = tomllib.load(f)
+    if args.listen:
+        cfg.setdefault("http", {})["listen"] = args.listen
+    for key in ("width", "height", "fps"):
+        if getattr(args, key) is not None:
+            cfg.setdefault("video", {})[key] = getattr(args, key)
     pi.patch_aioice_loopback()
     host, port = cfg.get("http", {}).get("listen", "127.0.0.1:18090").rsplit(":", 1)
     server = await asyncio.start_server(lambda r, w: handle(cfg, r, w), host, int(port))
-    print(f"reference_whep_server: listening on http://{host}:{port}", file=sys.stderr, flush=True)
+    print(f"reference_whep_server: listening on http://{host}:{port}/", file=sys.stderr, flush=True)
     async with server:
         await server.serve_forever()
 

@@ -1,6 +1,6 @@
 #!/bin/sh
-# Interop tests with aiortc as an independent WebRTC peer (DESIGN.md test rig 5).
-#   tests/interop/run.sh [test ...]        tests: whep_aiortc bad_input (default: all)
+# Interop tests with aiortc as an independent WebRTC peer (docs/test-rigs.md, rig 5).
+#   tests/interop/run.sh [test ...]        tests: whep_aiortc bad_input vanish talkback_aiortc (default: all)
 # Creates the venv if needed (setup.sh), then runs each test inside its own loopback-only
 # network namespace. Needs root (unshare -n). Exit code: 0 only if every test passed.
 # Env: PEERCAM_BIN (default <repo>/target/release/peercam), PEERCAM_ARGS, PEERCAM_CMD,
@@ -26,8 +26,11 @@ failed=0
 failed_names=""
 for t in $tests; do
   echo "=== $t"
-  unshare -n sh -c 'ip link set lo up && exec "$0" "$1"' "$py" "$here/$t.py"
+  # A hung test (a deadlock in a peer's teardown, say) fails after INTEROP_TIMEOUT s instead of
+  # holding the whole run.
+  timeout -k 10 "${INTEROP_TIMEOUT:-300}" unshare -n sh -c 'ip link set lo up && exec "$0" "$1"' "$py" "$here/$t.py"
   rc=$?
+  [ $rc -eq 124 ] && echo "FAIL interop: $t did not finish within ${INTEROP_TIMEOUT:-300} s"
   if [ $rc -eq 0 ]; then
     passed=$((passed + 1)); echo "PASS interop: $t"
   else

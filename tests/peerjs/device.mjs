@@ -1,6 +1,6 @@
 // The device as a PeerJS peer (ID `peercam`), driven by the real `peerjs` client in Chromium:
 // - peer.call('peercam', fakeMic) with offerToReceiveVideo → the remote stream renders H.264 video,
-//   and the fake mic's beeps come out of the device's speaker (an ALSA file-plugin PCM, rig 2);
+//   and the fake mic's beeps come out of the device's speaker (an ALSA file-plugin PCM, docs/test-rigs.md rig 2);
 // - peer.call with camera + mic (the article's demo) → the device answers video sendonly;
 // - peer.connect('peercam', {serialization}) for json, binary and raw: get_settings round-trips;
 //   with binary an ArrayBuffer is echoed back byte for byte; a malformed request gets an error

@@ -7,15 +7,15 @@
 // name (not localhost, which would be a secure context even over plain http). --ignore-certificate-errors
 // stands for the user's one-time "accept this certificate" click on the browser's warning page: the
 // certificate is the device's own self-signed one, made on first start.
-// Reuses tests/e2e/lib.mjs (reporting, cleanup, the timestamp-code probe) without modifying it.
-import { spawn, spawnSync } from 'node:child_process';
-import { createWriteStream, mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
+// Reuses tests/e2e/lib.mjs: the service launcher, reporting, cleanup, the timestamp-code probe.
+import { spawnSync } from 'node:child_process';
+import { mkdtempSync, readFileSync, rmSync, writeFileSync, mkdirSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from '../e2e/node_modules/playwright-core/index.mjs';
 import {
-  main, sleep, onCleanup, waitForLive, installProbe, probeFor, checkFrames, rtcStats, inbound, remoteCandidate,
+  main, sleep, onCleanup, startService, waitForLive, installProbe, probeFor, checkFrames, rtcStats, inbound, remoteCandidate,
 } from '../e2e/lib.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
@@ -30,61 +30,35 @@ const PASSWORD = 'kitten-monitor-42';
 const FPS = 30;
 let SPEAKER_RAW = null;
 
-function startService() {
+// The device through the shared launcher (tests/e2e/lib.mjs startService): HTTPS with a password,
+// and a speaker that is an ALSA file-plugin PCM (real alsa-lib, no sound card) recording what plays.
+async function startDevice() {
   const hash = spawnSync(BIN, ['hash-password'], { input: `${PASSWORD}\n`, encoding: 'utf8' });
   if (hash.status !== 0) throw new Error(`peercam hash-password failed: ${hash.stderr}`);
   const dir = mkdtempSync(join(tmpdir(), 'peercam-https-'));
-  const configPath = join(dir, 'peercam.toml');
-  writeFileSync(configPath, [
-    '[http]', `listen = "127.0.0.1:${PORT}"`, 'tls = true', `state_dir = "${join(dir, 'state')}"`, '',
-    '[auth]', `password_hash = "${hash.stdout.trim()}"`, '',
-    '[video]', 'source = "testsrc"', 'width = 640', 'height = 480', `fps = ${FPS}`, 'bitrate_kbps = 1000', '',
-    '[audio]', 'source = "tone"', '',
-    '[webrtc]', 'udp_port = 18489', 'include_loopback = true', '',
-    // The speaker: an ALSA file-plugin PCM (real alsa-lib, no sound card) that records what plays.
-    '[speaker]', 'device = "peercam_test_speaker"', '',
-  ].join('\n'));
+  onCleanup(() => rmSync(dir, { recursive: true, force: true }));   // runs after the service stopped
   SPEAKER_RAW = join(dir, 'speaker.raw');
   writeFileSync(join(dir, 'asound.conf'),
     `pcm.peercam_test_speaker {\n  type file\n  slave.pcm { type null }\n  file "${SPEAKER_RAW}"\n  format "raw"\n}\n`);
-  const logPath = join(ARTIFACTS, 'https_login-service.log');
-  const log = createWriteStream(logPath);
-  const proc = spawn(BIN, ['run', '--config', configPath], {
-    stdio: ['ignore', 'pipe', 'pipe'],
-    // Logs to our pipe (readable stderr), never to the journal: no JOURNAL_STREAM.
-    env: Object.fromEntries(Object.entries({ ...process.env, RUST_LOG: process.env.RUST_LOG || 'info', ALSA_CONFIG_PATH: join(dir, 'asound.conf') })
-      .filter(([k]) => k !== 'JOURNAL_STREAM')),
+  const svc = await startService({
+    name: 'https_login',
+    artifacts: ARTIFACTS,
+    config: {
+      http: { listen: `127.0.0.1:${PORT}`, tls: true, state_dir: join(dir, 'state') },
+      auth: { password_hash: hash.stdout.trim() },
+      video: { source: 'testsrc', width: 640, height: 480, fps: FPS, bitrate_kbps: 1000 },
+      audio: { source: 'tone' },
+      webrtc: { udp_port: 18489, include_loopback: true },
+      speaker: { device: 'peercam_test_speaker' },
+    },
+    env: { ALSA_CONFIG_PATH: join(dir, 'asound.conf') },
   });
-  let text = '', exited = null;
-  const exit = new Promise((r) => proc.on('exit', (code, signal) => { exited = { code, signal }; r(exited); }));
-  const ready = new Promise((resolveReady, reject) => {
-    const timer = setTimeout(() => reject(new Error(`service not ready in 30 s:\n${text}`)), 30000);
-    const onData = (chunk) => {
-      log.write(chunk);
-      text += chunk;
-      const m = /listening on (https?:\/\/[^\s/]+\/)/.exec(text);
-      if (m) { clearTimeout(timer); resolveReady(m[1]); }
-    };
-    proc.stdout.on('data', onData);
-    proc.stderr.on('data', onData);
-    exit.then((e) => { clearTimeout(timer); reject(new Error(`service exited early ${JSON.stringify(e)}:\n${text}`)); });
-  });
-  const stop = async () => {
-    if (exited) return exited;
-    const t0 = Date.now();
-    proc.kill('SIGTERM');
-    const e = await Promise.race([exit, sleep(5000).then(() => null)]);
-    if (e) return { ...e, ms: Date.now() - t0 };
-    proc.kill('SIGKILL');
-    return { ...(await exit), killed: true };
-  };
-  onCleanup(async () => { await stop(); log.end(); rmSync(dir, { recursive: true, force: true }); });
-  return { ready, stop, logText: () => text, logPath, certPath: join(dir, 'state', 'tls-cert.pem') };
+  return Object.assign(svc, { certPath: join(dir, 'state', 'tls-cert.pem') });
 }
 
 await main('https_login', async (t) => {
-  const svc = startService();
-  const url = await svc.ready;
+  const svc = await startDevice();
+  const url = svc.url;
   t.check(url.startsWith('https://'), 'service listens on HTTPS', url);
 
   const browser = await chromium.launch({
@@ -133,7 +107,7 @@ await main('https_login', async (t) => {
   t.check(page.url() === `${ORIGIN}/`, 'the right password leads to the viewer page', page.url());
 
   const cookies = await context.cookies(ORIGIN);
-  const session = cookies.find((c) => c.name === 'peercam_session');
+  const session = cookies.find((c) => c.name === '__Host-peercam_session');
   t.check(session && session.httpOnly && session.secure && session.sameSite === 'Strict' && session.path === '/',
     'the browser stores the session cookie HttpOnly, Secure, SameSite=Strict, Path=/',
     session ? `httpOnly ${session.httpOnly}, secure ${session.secure}, sameSite ${session.sameSite}, path ${session.path}` : 'no cookie');
@@ -193,7 +167,7 @@ await main('https_login', async (t) => {
   t.check(logoutVisible, 'a "Log out" button is shown');
   await Promise.all([page.waitForURL(`${ORIGIN}/login`, { timeout: 10000 }), page.click('#logout-form button')]);
   t.check(page.url() === `${ORIGIN}/login`, 'Log out → back at /login', page.url());
-  const after = (await context.cookies(ORIGIN)).find((c) => c.name === 'peercam_session');
+  const after = (await context.cookies(ORIGIN)).find((c) => c.name === '__Host-peercam_session');
   t.check(!after, 'the session cookie is gone from the browser', after ? JSON.stringify(after) : '');
   await page.screenshot({ path: join(ARTIFACTS, 'https_login-3-logged-out.png') });
   await page.goto(`${ORIGIN}/`);

@@ -1,8 +1,8 @@
 """Shared helpers for the service tests (issue 5: auth, HTTPS, systemd notify, shutdown).
 
-Each test starts the peercam binary itself with a temporary config (TOML written here), reads its
-stdout+stderr into artifacts/<name>-service.log, waits for the `listening on http(s)://` line, and
-always stops it (SIGTERM, then SIGKILL). Everything talks to loopback only; run.sh puts every test
+Each test starts the peercam binary itself with a temporary config through the shared launcher
+(tests/lib/peercam_service.py: stdout+stderr into artifacts/<name>-service.log, waits for the
+`listening on http(s)://` line, always stops it: SIGTERM, then SIGKILL). Everything talks to loopback only; run.sh puts every test
 in its own loopback-only network namespace (`unshare -n`), and assert_loopback_only() refuses to
 run anywhere else.
 
@@ -32,9 +32,11 @@ FIXTURES = REPO / "tests" / "fixtures" / "offers"
 BIN = Path(os.environ.get("PEERCAM_BIN", str(REPO / "target" / "release" / "peercam")))
 
 sys.path.insert(0, str(REPO / "tests" / "interop"))
-from peercam_interop import Checker  # noqa: E402  (reused, not modified)
+sys.path.insert(0, str(REPO / "tests" / "lib"))
+from peercam_interop import Checker  # noqa: E402
+import peercam_service  # noqa: E402  (the one Python launcher, shared with tests/interop)
+from peercam_service import to_toml, toml_value  # noqa: E402,F401  (tests use them)
 
-LISTEN_RE = re.compile(r"listening on (https?)://([^\s/]+)/")
 
 
 def assert_loopback_only() -> None:
@@ -71,22 +73,6 @@ def new_token() -> tuple[str, str]:
 
 # ---- the service ------------------------------------------------------------------------------
 
-def toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return str(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(toml_value(x) for x in v) + "]"
-    s = str(v).replace("\\", "\\\\").replace('"', '\\"')
-    return f'"{s}"'
-
-
-def to_toml(config: dict) -> str:
-    return "\n".join(f"[{table}]\n" + "".join(f"{k} = {toml_value(v)}\n" for k, v in kv.items())
-                     for table, kv in config.items())
-
-
 BASE_CONFIG = {
     "http": {"listen": "127.0.0.1:18443"},
     "video": {"source": "testsrc", "width": 640, "height": 480, "fps": 30, "bitrate_kbps": 1000},
@@ -102,108 +88,13 @@ def merge(base: dict, over: dict) -> dict:
     return out
 
 
-class Service:
-    """`peercam run --config <tmp>/peercam.toml`. start() may be called again after stop() (a
-    restart with the same config and state dir); the log file collects every run."""
+class Service(peercam_service.Service):
+    """The shared launcher (tests/lib/peercam_service.py), logging to tests/service/artifacts.
+    `with Service(...) as svc:` does not start it: call start() (again after stop() for a
+    restart with the same config and state dir)."""
 
     def __init__(self, name: str, config: dict, env: Optional[dict] = None, workdir: Optional[Path] = None):
-        ARTIFACTS.mkdir(parents=True, exist_ok=True)
-        self.name = name
-        self._tmp = None
-        if workdir is None:
-            self._tmp = tempfile.TemporaryDirectory(prefix=f"peercam-{name}-")
-            workdir = Path(self._tmp.name)
-        self.dir = workdir
-        self.config = config
-        self.config_path = self.dir / "peercam.toml"
-        self.config_path.write_text(to_toml(config))
-        self.env = env or {}
-        self.log_path = ARTIFACTS / f"{name}-service.log"
-        self.log_path.write_text("")
-        self.proc: Optional[subprocess.Popen] = None
-        self.lines: list[str] = []
-        self.url = ""
-        self.spawned_at = 0.0
-        self.ready_after = 0.0
-        self.runs = 0
-        self._lock = threading.Lock()
-
-    def start(self, timeout: float = 30.0, wait_ready: bool = True) -> "Service":
-        self.runs += 1
-        env = dict(os.environ)
-        env.pop("JOURNAL_STREAM", None)  # logs must come to our pipe, never to the journal
-        for k in ("NOTIFY_SOCKET", "WATCHDOG_USEC", "WATCHDOG_PID"):
-            env.pop(k, None)
-        env.setdefault("RUST_LOG", "info")
-        env.update(self.env)
-        ready = threading.Event()
-        self.url = ""
-        with open(self.log_path, "a") as f:
-            f.write(f"===== run {self.runs}: {BIN} run --config {self.config_path}\n")
-        self.spawned_at = time.monotonic()
-        self.proc = subprocess.Popen([str(BIN), "run", "--config", str(self.config_path)], cwd=self.dir,
-                                     stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                                     env=env, start_new_session=True)
-        proc = self.proc
-
-        def reader():
-            with open(self.log_path, "a", encoding="utf-8", errors="replace") as log:
-                for raw in proc.stdout:
-                    line = raw.decode("utf-8", "replace").rstrip("\n")
-                    with self._lock:
-                        self.lines.append(line)
-                    log.write(line + "\n")
-                    log.flush()
-                    if not ready.is_set():
-                        m = LISTEN_RE.search(line)
-                        if m:
-                            self.url = f"{m.group(1)}://{m.group(2)}"
-                            self.ready_after = time.monotonic() - self.spawned_at
-                            ready.set()
-            ready.set()
-
-        threading.Thread(target=reader, daemon=True).start()
-        if wait_ready:
-            if not ready.wait(timeout) or not self.url:
-                rc = self.proc.poll()
-                self.stop()
-                raise RuntimeError(f"{self.name}: service not listening after {timeout} s (exit {rc}); "
-                                   f"log {self.log_path}:\n" + "\n".join(self.lines[-30:]))
-        return self
-
-    def log_text(self) -> str:
-        with self._lock:
-            return "\n".join(self.lines)
-
-    def stop(self, sig: int = signal.SIGTERM, kill_after: float = 5.0) -> tuple[Optional[int], float]:
-        """Sends `sig`, waits; SIGKILL after `kill_after` s. Returns (exit code, seconds to exit)."""
-        if self.proc is None:
-            return None, 0.0
-        t0 = time.monotonic()
-        if self.proc.poll() is None:
-            try:
-                self.proc.send_signal(sig)
-                self.proc.wait(kill_after)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(5)
-        elapsed = time.monotonic() - t0
-        rc = self.proc.returncode
-        self.proc = None
-        time.sleep(0.1)  # let the reader thread drain the pipe
-        return rc, elapsed
-
-    def close(self) -> None:
-        self.stop()
-        if self._tmp is not None:
-            self._tmp.cleanup()
-            self._tmp = None
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
+        super().__init__(name, config, env=env, workdir=workdir, artifacts=ARTIFACTS)
 
 
 # ---- HTTP(S) ----------------------------------------------------------------------------------

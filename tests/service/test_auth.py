@@ -27,6 +27,8 @@ from svc import (BASE_CONFIG, BIN, Checker, Resp, Service, assert_loopback_only,
 PASSWORD = "Tr0ub4dor&3 peercam"  # '&' and ' ' exercise the form encoding
 HTTPS_PORT, REDIRECT_PORT, UDP_PORT = 18443, 18081, 18489
 BASE = f"https://127.0.0.1:{HTTPS_PORT}"
+# Over HTTPS the session cookie carries the __Host- prefix (issue 17).
+COOKIE = "__Host-peercam_session"
 
 c = Checker("auth")
 secrets: dict[str, str] = {"password": PASSWORD}  # name -> value that must never reach the log
@@ -48,7 +50,7 @@ def cookie_of(r: Resp) -> tuple[str, dict]:
     for sc in r.all("set-cookie"):
         parts = [p.strip() for p in sc.split(";")]
         name, _, value = parts[0].partition("=")
-        if name == "peercam_session":
+        if name == COOKIE:
             attrs = {}
             for p in parts[1:]:
                 k, _, v = p.partition("=")
@@ -73,7 +75,7 @@ def whep_post(token: str | None = None, cookie: str | None = None, base: str = B
     if token:
         h["Authorization"] = f"Bearer {token}"
     if cookie:
-        h["Cookie"] = f"peercam_session={cookie}"
+        h["Cookie"] = f"{COOKIE}={cookie}"
     return request("POST", base + "/whep", offer_sdp(), h, timeout=15)
 
 
@@ -169,7 +171,7 @@ def https_checks(svc: Service, state: Path, cfg_token: str) -> None:
                   "Sec-WebSocket-Key": "dGhlIHNhbXBsZSBub25jZQ=="}
     expect_unauth("WebSocket upgrade /peerjs/peerjs?key&id&token",
                   request("GET", BASE + "/peerjs/peerjs?key=peerjs&id=intruder&token=t0k", None, ws_headers), page=False)
-    forged = {"Cookie": "peercam_session=" + "0" * 64}
+    forged = {"Cookie": f"{COOKIE}=" + "0" * 64}
     expect_unauth("GET / with a forged cookie", request("GET", BASE + "/", None, forged), page=True)
     expect_unauth("GET /api/settings with a forged cookie", request("GET", BASE + "/api/settings", None, forged), page=False)
     expect_unauth("GET /api/settings with a wrong bearer",
@@ -247,7 +249,7 @@ def https_checks(svc: Service, state: Path, cfg_token: str) -> None:
                      ("Secure", "secure" in attrs), ("Path=/", attrs.get("path") == "/")]:
         c.check(f"session cookie has {flag}", ok, "; ".join(f"{k}={v}" if v else k for k, v in attrs.items()))
     c.check("session cookie value is long and random-looking", len(cookie) >= 32, f"{len(cookie)} chars")
-    ck = {"Cookie": f"peercam_session={cookie}"}
+    ck = {"Cookie": f"{COOKIE}={cookie}"}
     r = request("GET", BASE + "/api/settings", None, ck)
     try:
         settings = json.loads(r.body)
@@ -379,7 +381,7 @@ def https_checks(svc: Service, state: Path, cfg_token: str) -> None:
     again = cookie_of(login(PASSWORD))[0]
     if again:
         secrets["session cookie 2"] = again
-        r = request("GET", BASE + "/api/settings", None, {"Cookie": f"peercam_session={again}"})
+        r = request("GET", BASE + "/api/settings", None, {"Cookie": f"{COOKIE}={again}"})
         c.check("after a restart login works", r.status == 200, str(r))
 
 
@@ -528,7 +530,7 @@ def part_lan(work: Path) -> None:
             cookie = cookie_of(r)[0]
             c.check("loopback_exempt: LAN client can log in", r.status == 303 and bool(cookie), str(r))
             if cookie:
-                r = lan.request("GET", remote + "/api/settings", None, {"Cookie": f"peercam_session={cookie}"})
+                r = lan.request("GET", remote + "/api/settings", None, {"Cookie": f"{COOKIE}={cookie}"})
                 c.check("loopback_exempt: LAN client with its cookie gets /api/settings", r.status == 200, str(r))
                 c.check("no secret in the log (LAN run)", PASSWORD not in svc.log_text() and cookie not in svc.log_text())
     finally:

@@ -9,9 +9,13 @@ Puts in: busybox (+ /init = tests/vm/guest-init.sh), the modules vivid, snd-aloo
 virtio_net with everything they depend on (from `depmod -b`'s modules.dep) and a modules.dep
 for that subset, peercam and aplay with every shared library they need (resolved through the
 aarch64 multiarch directories, ELF NEEDED entries read with aarch64-linux-gnu-readelf), the static
-v4l2-hold and h264-feed (tests/vm/*.c), out-of-tree modules (v4l2loopback) and the H.264
+v4l2-hold and h264-feed (tests/vm/*.c), out-of-tree modules (v4l2loopback, vicodec; with the
+in-tree modules their modinfo "depends=" names) and the H.264
 fixture h264-feed plays,
-/usr/share/alsa, and a 440 Hz stereo tone for aplay.
+/usr/share/alsa, and a 440 Hz stereo tone for aplay. With --libcamera-root (Debian's libcamera
+0.0.3 arm64 .debs extracted with `dpkg -x`): libcamera's V4L2 compatibility layer
+(v4l2-compat.so), its IPA modules, IPA proxies and IPA data at the paths the library was built
+with, and every library they need (found in DIR after the cross toolchain's directories).
 """
 
 import argparse
@@ -27,6 +31,7 @@ import tempfile
 HERE = os.path.dirname(os.path.abspath(__file__))
 WANTED_MODULES = ["vivid", "snd-aloop", "virtio_mmio", "virtio_net"]
 LIB_DIRS = ["/usr/aarch64-linux-gnu/lib", "/usr/lib/aarch64-linux-gnu", "/lib/aarch64-linux-gnu"]
+EXTRA_LIB_DIRS: list[str] = []  # --libcamera-root's library directories, searched last
 
 
 def modules(kernel_root: str, out_root: str, extra: list[str]) -> str:
@@ -50,7 +55,14 @@ def modules(kernel_root: str, out_root: str, extra: list[str]) -> str:
         by_name[name] = path
         by_name[name.replace("-", "_")] = path
     needed: set[str] = set()
-    for want in WANTED_MODULES:
+    # Out-of-tree modules (v4l2loopback, vicodec, …) bring the in-tree modules they depend on
+    # (their .modinfo "depends=", e.g. v4l2-mem2mem for vicodec).
+    extra_deps = []
+    extra_names = {os.path.basename(ko).split(".ko")[0].replace("-", "_") for ko in extra}
+    for ko in extra:
+        out = subprocess.run(["modinfo", "-F", "depends", ko], capture_output=True, text=True, check=True).stdout
+        extra_deps += [d for d in out.strip().split(",") if d and d.replace("-", "_") not in extra_names]
+    for want in WANTED_MODULES + extra_deps:
         path = by_name.get(want) or by_name.get(want.replace("-", "_"))
         if not path:
             sys.exit(f"module {want} not in {dep_file}")
@@ -82,7 +94,7 @@ def needed_libs(elf: str) -> list[str]:
 
 
 def find_lib(name: str) -> str:
-    for d in LIB_DIRS:
+    for d in LIB_DIRS + EXTRA_LIB_DIRS:
         p = os.path.join(d, name)
         if os.path.exists(p):
             return p
@@ -92,6 +104,11 @@ def find_lib(name: str) -> str:
 def copy_with_libs(elf: str, dest: str, out_root: str) -> None:
     os.makedirs(os.path.dirname(os.path.join(out_root, dest)), exist_ok=True)
     shutil.copy2(elf, os.path.join(out_root, dest))
+    libs_of(elf, out_root)
+
+
+def libs_of(elf: str, out_root: str) -> None:
+    """Copies every shared library `elf` needs (transitively) into out_root/lib."""
     todo, seen = [elf], set()
     while todo:
         for lib in needed_libs(todo.pop()):
@@ -105,6 +122,30 @@ def copy_with_libs(elf: str, dest: str, out_root: str) -> None:
     ld = "ld-linux-aarch64.so.1"
     if not os.path.exists(os.path.join(out_root, "lib", ld)):
         shutil.copy2(os.path.realpath(find_lib(ld)), os.path.join(out_root, "lib", ld))
+
+
+def libcamera(root: str, out_root: str) -> None:
+    """libcamera's V4L2 compatibility layer, IPA modules / proxies / data and their libraries, at
+    the paths Debian built them for (so no LIBCAMERA_* variables are needed in the guest)."""
+    arch = "usr/lib/aarch64-linux-gnu"
+    EXTRA_LIB_DIRS.extend(os.path.join(root, d) for d in (arch, "lib/aarch64-linux-gnu"))
+    elves = []
+    for rel in (f"{arch}/v4l2-compat.so", f"{arch}/libcamera", "usr/share/libcamera"):
+        src = os.path.join(root, rel)
+        if not os.path.exists(src):
+            sys.exit(f"libcamera: {src} is missing (libcamera-v4l2 / libcamera-ipa extracted there?)")
+        dst = os.path.join(out_root, rel)
+        os.makedirs(os.path.dirname(dst), exist_ok=True)
+        if os.path.isdir(src):
+            shutil.copytree(src, dst, symlinks=True)
+            elves += [os.path.join(src, f) for f in os.listdir(src) if not f.endswith(".sign") and
+                      os.path.isfile(os.path.join(src, f)) and open(os.path.join(src, f), "rb").read(4) == b"\x7fELF"]
+        else:
+            shutil.copy2(src, dst)
+            elves.append(src)
+    for e in elves:
+        libs_of(e, out_root)
+    print(f"build_image: libcamera from {root} ({len(elves)} ELF files)", file=sys.stderr)
 
 
 def tone(path: str, hz: float = 440.0, secs: int = 10, rate: int = 48000, amplitude: float = 0.3) -> None:
@@ -165,6 +206,7 @@ def main() -> None:
     ap.add_argument("--feed", required=True, help="static aarch64 h264-feed (tests/vm/h264-feed.c)")
     ap.add_argument("--extra-module", action="append", default=[], help="an out-of-tree .ko (v4l2loopback)")
     ap.add_argument("--h264", required=True, help="the H.264 stream h264-feed plays (/cam.h264)")
+    ap.add_argument("--libcamera-root", help="Debian's libcamera .debs extracted (libcamera0.0.3, -v4l2, -ipa + libraries)")
     ap.add_argument("--out", required=True)
     a = ap.parse_args()
     with tempfile.TemporaryDirectory() as root:
@@ -180,6 +222,8 @@ def main() -> None:
         shutil.copy2(a.hold, os.path.join(root, "usr/bin/v4l2-hold"))
         shutil.copy2(a.feed, os.path.join(root, "usr/bin/h264-feed"))
         shutil.copy2(a.h264, os.path.join(root, "cam.h264"))
+        if a.libcamera_root:
+            libcamera(a.libcamera_root, root)
         shutil.copytree("/usr/share/alsa", os.path.join(root, "usr/share/alsa"), symlinks=True)
         tone(os.path.join(root, "tone-440.raw"))
         cpio_newc(root, a.out)

@@ -1,5 +1,5 @@
 #!/bin/busybox sh
-# /init of the rig-3 VM (tests/vm/run.sh builds the initramfs around it).
+# /init of the rig-3 VM (docs/test-rigs.md; tests/vm/run.sh builds the initramfs around it).
 # Loads vivid (a webcam-like V4L2 capture device) and snd-aloop (an ALSA loopback card), brings
 # up user-mode networking, plays a 440 Hz tone into the loopback's playback side, and serves a
 # shell on TCP 9000 for the host to drive the test (start/stop peercam, unbind/unload vivid).
@@ -13,7 +13,7 @@ mount -t tmpfs tmp /tmp
 
 modprobe virtio_mmio
 modprobe virtio_net
-# vivid as a plain webcam: one capture node, one webcam input (DESIGN rig 3).
+# vivid as a plain webcam: one capture node, one webcam input (docs/test-rigs.md, rig 3).
 modprobe vivid n_devs=1 node_types=0x1 num_inputs=1 input_types=0x0
 modprobe snd-aloop
 

@@ -1,12 +1,12 @@
 #!/usr/bin/env bash
-# Rig 3 (DESIGN.md): the cross-built aarch64 peercam on real kernel drivers — vivid (a V4L2
+# Rig 3 (docs/test-rigs.md): the cross-built aarch64 peercam on real kernel drivers — vivid (a V4L2
 # webcam) and snd-aloop (an ALSA loopback card) — in an emulated aarch64 VM (QEMU TCG), watched
 # from the host by aiortc over WHEP. What it checks: see tests/vm/vm_test.py.
 #
 #   tests/vm/run.sh            needs root (apt-get for qemu/debs on first use, unshare -n)
 #
 # Steps (everything cached under target/vm/, rebuilt when its inputs change):
-#   1. qemu-system-aarch64 (Debian qemu-system-arm) installed if missing;
+#   1. qemu-system-aarch64 (Debian qemu-system-arm) installed if missing (scripts/apt-install.sh);
 #   2. Debian's arm64 kernel, busybox-static and alsa-utils (.deb via `apt-get download`, with
 #      the arm64 architecture enabled), extracted with `dpkg -x`;
 #   3. the aarch64 peercam: $PEERCAM_AARCH64_BIN, else target/aarch64-unknown-linux-gnu/release/
@@ -14,12 +14,15 @@
 #      the sources;
 #   4. v4l2-hold and h264-feed (static aarch64, from tests/vm/*.c); v4l2loopback built from
 #      Debian's v4l2loopback-dkms source against the kernel's linux-headers (cached in
-#      target/vm/loopback/); an initramfs (tests/vm/build_image.py): busybox, the modules,
+#      target/vm/loopback/); vicodec and vimc from Debian's linux-source (build_test_driver,
+#      cached in target/vm/testdrv/); libcamera 0.0.3 arm64 with its V4L2 compatibility layer and
+#      libraries (cached in target/vm/libcamera/); an initramfs (tests/vm/build_image.py): busybox, the modules,
 #      peercam + aplay + their libraries, /usr/share/alsa, tests/vm/guest-init.sh as /init;
 #   5. tests/vm/vm_test.py in a loopback-only network namespace: QEMU user-mode networking
 #      forwards 127.0.0.1:18080 (HTTP), 127.0.0.1:18189/udp (WebRTC) and 127.0.0.1:19000 (the
 #      VM's control shell); nothing else is reachable.
-# Env: VM_FPS (camera rate, default 10), VM_SECONDS (per stream, default 8).
+# Env: VM_FPS (camera rate, default 10), VM_SECONDS (per stream, default 8), VM_ONLY (only these
+#      checks of vm_test.py, e.g. VM_ONLY=libcamera).
 set -euo pipefail
 here=$(cd "$(dirname "$0")" && pwd)
 repo=$(cd "$here/../.." && pwd)
@@ -42,15 +45,17 @@ check_host_dev_packages() {
     fi
 }
 
+source "$repo/scripts/packages.sh"
+source "$repo/scripts/apt-install.sh"   # simulated first; removes only what it explicitly allows
 apt_updated=0
 apt_update_once() { [ $apt_updated = 1 ] || { apt-get update -qq >&2 || log "apt-get update reported errors"; apt_updated=1; }; }
 
-# 1. QEMU
+# 1. QEMU. On the machine image this replaces its backported qemu-utils 10 (which Breaks Debian 12's
+#    qemu-system-common 7.2): scripts/apt-install.sh allows exactly that removal and refuses any
+#    other (a removed libc6-dev, as a multiarch install once did, fails here instead).
 if ! command -v qemu-system-aarch64 >/dev/null; then
-    log "installing qemu-system-arm"
-    apt_update_once
-    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends --no-remove qemu-system-arm >&2 ||
-        fail "apt-get install qemu-system-arm failed"
+    log "installing ${PEERCAM_VM_PACKAGES[*]}"
+    apt_install "${PEERCAM_VM_PACKAGES[@]}" || fail "apt-get install ${PEERCAM_VM_PACKAGES[*]} failed (see above)"
     check_host_dev_packages
 fi
 
@@ -70,8 +75,9 @@ download() { # package:arm64 -> path of the .deb in $work/debs
     fi
     echo "$f"
 }
-kpkg=$(apt-cache depends linux-image-arm64:arm64 2>/dev/null | sed -n 's/.*Depends: \(linux-image-[0-9][^:]*\).*/\1/p' | head -1)
-if [ -z "$kpkg" ]; then apt_update_once; kpkg=$(apt-cache depends linux-image-arm64:arm64 | sed -n 's/.*Depends: \(linux-image-[0-9][^:]*\).*/\1/p' | head -1); fi
+# (apt-cache fails until the arm64 lists are fetched: under pipefail that must not end the script)
+kpkg=$(apt-cache depends linux-image-arm64:arm64 2>/dev/null | sed -n 's/.*Depends: \(linux-image-[0-9][^:]*\).*/\1/p' | head -1 || true)
+if [ -z "$kpkg" ]; then apt_update_once; kpkg=$(apt-cache depends linux-image-arm64:arm64 | sed -n 's/.*Depends: \(linux-image-[0-9][^:]*\).*/\1/p' | head -1 || true); fi
 [ -n "$kpkg" ] || fail "cannot find Debian's arm64 kernel package (linux-image-arm64:arm64)"
 kdeb=$(download "$kpkg:arm64")
 bbdeb=$(download busybox-static:arm64)
@@ -132,11 +138,66 @@ if [ ! -f "$lbko" ]; then
     make -C "$hdr" M="$lb/build" DEB_BUILD_ARCH=amd64 DEB_HOST_ARCH=arm64 DEB_HOST_GNU_TYPE=aarch64-linux-gnu modules >&2 ||
         fail "v4l2loopback build failed"
 fi
+# Kernel test drivers Debian's arm64 kernel does not build (vicodec here; vimc the same way):
+# build_test_driver NAME CONFIG_SYMBOL builds drivers/media/test-drivers/NAME of Debian's
+# linux-source-<major.minor> (the kernel .deb's own version) out of tree against the kernel's
+# linux-headers (fetched for v4l2loopback above), like v4l2loopback. Cached in
+# $work/testdrv/<kernel version>/NAME/NAME.ko; prints that path.
+build_test_driver() {
+    local name=$1 config=$2 td="$work/testdrv" mm out hdr srcdeb
+    mm=$(echo "$kver" | cut -d. -f1,2)
+    out="$td/$kver/$name"
+    if [ ! -f "$out/$name.ko" ]; then
+        log "building $name for $kver from linux-source-$mm $kdebver"
+        mkdir -p "$td/debs" "$td/src"
+        srcdeb=$(ls "$td/debs/linux-source-${mm}_${kdebver}_all.deb" 2>/dev/null || true)
+        if [ -z "$srcdeb" ]; then
+            (cd "$td/debs" && apt-get download "linux-source-$mm=$kdebver" >&2) || { apt_update_once; (cd "$td/debs" && apt-get download "linux-source-$mm=$kdebver" >&2); } ||
+                fail "apt-get download linux-source-$mm=$kdebver failed"
+            srcdeb=$(ls "$td/debs/linux-source-${mm}_${kdebver}_all.deb")
+        fi
+        if [ ! -d "$td/src/$kdebver/linux-source-$mm/drivers/media/test-drivers/$name" ]; then
+            mkdir -p "$td/src/$kdebver"
+            dpkg-deb --fsys-tarfile "$srcdeb" | tar -xO "./usr/src/linux-source-$mm.tar.xz" |
+                tar -xJ -C "$td/src/$kdebver" "linux-source-$mm/drivers/media/test-drivers/$name" ||
+                fail "cannot extract drivers/media/test-drivers/$name from $srcdeb"
+        fi
+        hdr="$lb/root/usr/src/linux-headers-$kver"
+        [ -f "$hdr/Makefile" ] || fail "no kernel headers at $hdr (rm -rf $lb and run again)"
+        rm -rf "$out" && mkdir -p "$out"
+        cp -r "$td/src/$kdebver/linux-source-$mm/drivers/media/test-drivers/$name/." "$out/"
+        make -C "$hdr" M="$out" "$config=m" DEB_BUILD_ARCH=amd64 DEB_HOST_ARCH=arm64 DEB_HOST_GNU_TYPE=aarch64-linux-gnu modules >&2 ||
+            fail "$name build failed"
+    fi
+    echo "$out/$name.ko"
+}
+# vicodec (multiplanar=1 in the test): a stateful V4L2 M2M encoder + decoder (FWHT) that drives
+# peercam's hardware-encoder code path (src/codec/m2m) on a kernel without an H.264 encoder.
+vicodecko=$(build_test_driver vicodec CONFIG_VIDEO_VICODEC)
+# vimc: a media-controller camera (sensor → debayer → scaler → capture) that libcamera 0.0.3 drives
+# with its vimc pipeline: the stand-in for a CSI camera module (tests/vm/README.md, "libcamera").
+vimcko=$(build_test_driver vimc CONFIG_VIDEO_VIMC) || fail "cannot build vimc (see above)"
+# libcamera 0.0.3 (Debian 12's), arm64: the library, its V4L2 compatibility layer, the IPA modules
+# and every library they need, extracted (cached in target/vm/libcamera/).
+lc="$work/libcamera"
+if [ ! -f "$lc/root/.done" ]; then
+    log "downloading libcamera 0.0.3 (arm64) and its libraries"
+    mkdir -p "$lc/debs" && rm -rf "$lc/root"
+    # The libraries only: the cross toolchain brings libc, libstdc++ and libgcc.
+    lcpkgs=$(apt-cache depends --recurse --no-recommends --no-suggests --no-conflicts --no-breaks --no-replaces --no-enhances \
+        libcamera0.0.3:arm64 libcamera-v4l2:arm64 libcamera-ipa:arm64 2>/dev/null | grep -v '^ ' | grep ':arm64$' |
+        grep -vE '^(libc6|libgcc-s1|libstdc\+\+6|gcc-12-base|debconf|dpkg|tar|install-info|cdebconf|sysvinit-utils|libdebian|libnewt|libslang|libtextwrap|readline|libreadline|libtinfo)' | sort -u || true)
+    [ -n "$lcpkgs" ] || fail "apt-cache cannot resolve libcamera0.0.3:arm64's dependencies (arm64 package lists?)"
+    (cd "$lc/debs" && apt-get download $lcpkgs >&2) || fail "apt-get download of libcamera 0.0.3 failed ($lcpkgs)"
+    for d in "$lc"/debs/*.deb; do dpkg -x "$d" "$lc/root"; done
+    touch "$lc/root/.done"
+fi
 initrd="$work/initrd.gz"
-if [ ! -f "$initrd" ] || [ -n "$(find "$bin" "$hold" "$feed" "$lbko" "$repo/tests/fixtures/h264" "$here/guest-init.sh" "$here/build_image.py" -newer "$initrd" -print -quit)" ]; then
+if [ ! -f "$initrd" ] || [ -n "$(find "$bin" "$hold" "$feed" "$lbko" "$vicodecko" "$vimcko" "$lc/root/.done" "$repo/tests/fixtures/h264" "$here/guest-init.sh" "$here/build_image.py" -newer "$initrd" -print -quit)" ]; then
     log "building $initrd"
     python3 "$here/build_image.py" --kernel-root "$kroot" --busybox "$busybox" --aplay "$aplay" --peercam "$bin" --hold "$hold" \
-        --feed "$feed" --extra-module "$lbko" --h264 "$repo/tests/fixtures/h264/cam-cb-320x240.h264" --out "$initrd"
+        --feed "$feed" --extra-module "$lbko" --extra-module "$vicodecko" --extra-module "$vimcko" --libcamera-root "$lc/root" \
+        --h264 "$repo/tests/fixtures/h264/cam-cb-320x240.h264" --out "$initrd"
 fi
 
 # 5. the test, with aiortc from the interop venv

@@ -5,9 +5,12 @@
 //!                                                   Opus decode → gain/fade → resample → ALSA
 //! ```
 //! [`TalkArbiter`] decides who holds the speaker; [`jitter::JitterBuffer`] orders and paces
-//! packets; both are pure. [`speaker::Speaker`] is the playback thread.
+//! packets; both are pure. [`speaker::Speaker`] is the thread that drives them: jitter buffer →
+//! `codec::opus::OpusDecoder` → `capture::alsa::AlsaSpeaker` (formats, negotiation, fade,
+//! resampling and the device live there, shared with the microphone).
 
 pub mod jitter;
+pub mod lullaby;
 pub mod speaker;
 
 use std::time::{Duration, Instant};

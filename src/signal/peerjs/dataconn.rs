@@ -130,12 +130,28 @@ pub struct Limits {
     pub max_depth: usize,
 }
 
+/// Largest message a data connection to the device carries, whole or reassembled: what it is
+/// for — control requests, whose protocol refuses more than 16 KiB anyway
+/// (`rtc::control::MAX_MESSAGE_BYTES`; the page's and the demo's requests are a few hundred
+/// bytes) — and binary data echoed back, which is held to the same size.
+pub const MAX_MESSAGE: usize = crate::rtc::control::MAX_MESSAGE_BYTES;
+
+/// Largest frame a data connection sends for a message within [`MAX_MESSAGE`]: the message
+/// itself (`raw`, `json`: peerjs never chunks those), or one BinaryPack chunk (16300 bytes of
+/// slice plus its map), whichever is larger.
+pub const MAX_FRAME: usize = if MAX_MESSAGE > CHUNK_MTU + CHUNK_FRAMING { MAX_MESSAGE } else { CHUNK_MTU + CHUNK_FRAMING };
+
+/// The device's read buffer for one data connection: twice [`MAX_FRAME`], so a frame somewhat
+/// over the limit still gets a `too_large` reply from the [`Decoder`] (and the connection goes
+/// on); a frame longer than this is not read at all — the stack ends that data channel.
+pub const READ_BUFFER: usize = 2 * MAX_FRAME;
+
 impl Default for Limits {
-    /// 256 KiB messages (Chromium's own data channel limit), 4 partial messages (1 MiB worst
-    /// case per connection), 30 s, 64 levels: generous for control messages and small files.
+    /// [`MAX_MESSAGE`] (16 KiB) messages, 4 partial messages (64 KiB worst case per
+    /// connection), 30 s, 64 levels.
     fn default() -> Self {
         Limits {
-            max_message_bytes: 256 * 1024,
+            max_message_bytes: MAX_MESSAGE,
             max_partial: 4,
             stale_after: Duration::from_secs(30),
             max_depth: binarypack::DEFAULT_MAX_DEPTH,
@@ -509,7 +525,10 @@ mod tests {
             assert!(frames.len() > 1, "fixture is not chunked");
             let expected = typed(&case["value"]);
             for ser in [Serialization::Binary, Serialization::BinaryUtf8] {
-                let mut dec = Decoder::new(ser);
+                // The real library's chunked message is bigger than the device takes
+                // (MAX_MESSAGE); reassembly itself is what is checked here.
+                let limits = Limits { max_message_bytes: 256 * 1024, ..Limits::default() };
+                let mut dec = Decoder::with_limits(ser, limits);
                 let last = frames.len() - 1;
                 for (i, frame) in frames.iter().enumerate() {
                     let out = dec.push(Frame::Binary(frame.clone())).unwrap();
@@ -535,7 +554,10 @@ mod tests {
         let fa = enc.encode(&a).unwrap();
         let fb = enc.encode(&b).unwrap();
         assert_eq!((fa.len(), fb.len()), (3, 3));
-        let mut dec = Decoder::new(Serialization::Binary);
+        // Messages this big are over the device's limit (MAX_MESSAGE): reassembly is tested
+        // with a larger one.
+        let limits = Limits { max_message_bytes: 64 * 1024, ..Limits::default() };
+        let mut dec = Decoder::with_limits(Serialization::Binary, limits);
         // b2 a1 b0 a2 a0 b1
         let order = [(&fb, 2), (&fa, 1), (&fb, 0), (&fa, 2), (&fa, 0), (&fb, 1)];
         let mut got = Vec::new();
@@ -546,6 +568,42 @@ mod tests {
         }
         assert_eq!(got, vec![Message::Data(a), Message::Data(b)]);
         assert_eq!(dec.pending(), 0);
+    }
+
+    #[test]
+    fn the_device_limit_refuses_bigger_messages_without_keeping_them() {
+        // A control request at the protocol's limit fits, chunked or not.
+        let at_limit = Value::Str("x".repeat(MAX_MESSAGE - 3)); // 0xda + u16 length
+        let frames = Encoder::new(Serialization::Binary).encode(&at_limit).unwrap();
+        assert!(frames.iter().all(|f| f.len() <= MAX_FRAME), "every frame within MAX_FRAME");
+        let mut dec = Decoder::new(Serialization::Binary);
+        let mut got = None;
+        for f in frames {
+            got = dec.push(f).unwrap();
+        }
+        assert_eq!(got, Some(Message::Data(at_limit)));
+        // 100 KB sent the way peerjs sends it (7 chunks): refused at the second chunk, and what
+        // follows never adds up to a message or to more than one chunk kept.
+        let big = Value::Bin(vec![5; 100_000]);
+        let frames = Encoder::new(Serialization::Binary).encode(&big).unwrap();
+        assert_eq!(frames.len(), 7);
+        let mut refused = 0;
+        for f in frames {
+            match dec.push(f) {
+                Ok(None) => {}
+                Ok(Some(m)) => panic!("a message over the limit came through: {m:?}"),
+                Err(DecodeError::MessageTooLarge { .. }) => refused += 1,
+                Err(e) => panic!("unexpected {e}"),
+            }
+            assert!(dec.partial.values().map(|p| p.bytes).sum::<usize>() <= MAX_MESSAGE);
+        }
+        assert!(refused >= 3, "{refused}");
+        // A raw or json frame over the limit: refused as too large.
+        for ser in [Serialization::Raw, Serialization::Json] {
+            let e = Decoder::new(ser).push(Frame::Binary(vec![b' '; MAX_FRAME + 1])).unwrap_err();
+            assert!(matches!(e, DecodeError::FrameTooLarge { .. }), "{e}");
+        }
+        assert!(READ_BUFFER < 64 * 1024, "was 256 KiB per data connection");
     }
 
     #[test]

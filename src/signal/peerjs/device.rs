@@ -12,55 +12,95 @@
 //! host candidates); the browser's trickled candidates are added as they come, also before the
 //! answer exists (queued per connection).
 
-use super::dataconn::{Decoder, Encoder, Frame, Message, Serialization};
+use super::dataconn::{DecodeError, Decoder, Encoder, Frame, Message, Serialization};
 use super::binarypack::Value as PackValue;
 use super::{Incoming, LocalPeer, LocalSender};
 use super::server::Kind;
 use crate::rtc::control::{self, ControlError};
 use crate::rtc::room::{Origin, Room};
-use crate::rtc::session::{pump, DataHandler, MessageFn, Purpose, Sessions};
+use crate::rtc::session::{self, pump, DataChannel, DataHandler, MessageFn, Purpose, RemoteCandidate, Sessions};
 use bytes::Bytes;
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, Weak};
-use webrtc::data_channel::data_channel_message::DataChannelMessage;
-use webrtc::data_channel::RTCDataChannel;
-use webrtc::ice_transport::ice_candidate::RTCIceCandidateInit;
-use webrtc::peer_connection::RTCPeerConnection;
 
 /// Trickled candidates kept for a connection that is still being answered.
 const MAX_EARLY_CANDIDATES: usize = 32;
+/// Connections (calls and data connections, answering or live) the device keeps at once; an
+/// offer past this is refused. Live ones are also bounded by `[webrtc] max_viewers`.
+pub const MAX_CONNECTIONS: usize = 256;
 
 enum Conn {
     /// Answering; candidates that arrive meanwhile wait here.
-    Answering(Vec<RTCIceCandidateInit>),
-    Ready { session: String, pc: Arc<RTCPeerConnection> },
+    Answering(Vec<RemoteCandidate>),
+    Ready { session: String },
 }
 
-type Conns = Arc<Mutex<HashMap<(String, String), Conn>>>;
+/// The device's PeerJS connections by `(remote peer, connectionId)`. An entry goes when its
+/// session ends — however it ends: PeerJS 1.5 closes a call without sending LEAVE.
+#[derive(Clone, Default)]
+pub struct Connections(Arc<Mutex<HashMap<(String, String), Conn>>>);
+
+impl Connections {
+    pub fn len(&self) -> usize {
+        lock(&self.0).len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
 
 fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(|e| e.into_inner())
 }
 
+/// Checks a viewer token (`metadata.token` of an OFFER): the tag the calls it opens carry (its
+/// digest; revoking it ends them), `None` when unknown or revoked. Handed down by the layer that
+/// keeps the tokens.
+pub type Admit = Arc<dyn Fn(&str) -> Option<[u8; 32]> + Send + Sync>;
+
 /// Runs the device's peer until it is detached.
-pub async fn run(mut me: LocalPeer, sessions: Arc<Sessions>) {
-    let conns: Conns = Arc::new(Mutex::new(HashMap::new()));
+pub async fn run(me: LocalPeer, sessions: Arc<Sessions>) {
+    run_with(me, sessions, Connections::default()).await
+}
+
+/// [`run`] with the connection map given (tests look at it).
+pub async fn run_with(me: LocalPeer, sessions: Arc<Sessions>, conns: Connections) {
+    run_admitting(me, sessions, conns, None).await
+}
+
+/// [`run_with`], and with `admit` every OFFER must carry a valid viewer token in
+/// `metadata.token` (the device's peer on an external PeerServer, where anyone can call):
+/// without one the connection is refused with LEAVE before anything is opened.
+pub async fn run_admitting(mut me: LocalPeer, sessions: Arc<Sessions>, conns: Connections, admit: Option<Admit>) {
     let tx = me.sender();
     while let Some(m) = me.recv().await {
         match m.kind {
             Kind::Offer => {
+                let tag = match &admit {
+                    None => None,
+                    Some(check) => match admitted(&m, check) {
+                        Ok(tag) => Some((tag, check.clone())),
+                        Err(why) => {
+                            let cid = connection_id(&m.payload).unwrap_or_default();
+                            log::warn!("peerjs: refused {} from {:?}: {why}", cid, m.src);
+                            tx.send(&m.src, Kind::Leave, json!({"connectionId": cid}));
+                            continue;
+                        }
+                    },
+                };
                 let (sessions, tx, conns) = (sessions.clone(), tx.clone(), conns.clone());
-                tokio::spawn(async move { answer(m, sessions, tx, conns).await });
+                tokio::spawn(async move { answer(m, sessions, tx, conns, tag).await });
             }
-            Kind::Candidate => candidate(&m, &conns).await,
+            Kind::Candidate => candidate(&m, &conns, &sessions).await,
             Kind::Leave | Kind::Expire => {
                 let gone: Vec<String> = {
-                    let mut c = lock(&conns);
+                    let mut c = lock(&conns.0);
                     let keys: Vec<_> = c.keys().filter(|(src, _)| *src == m.src).cloned().collect();
                     keys.into_iter()
                         .filter_map(|k| match c.remove(&k) {
-                            Some(Conn::Ready { session, .. }) => Some(session),
+                            Some(Conn::Ready { session }) => Some(session),
                             _ => None,
                         })
                         .collect()
@@ -75,11 +115,23 @@ pub async fn run(mut me: LocalPeer, sessions: Arc<Sessions>) {
     log::info!("peerjs: the device's peer was detached");
 }
 
+/// The viewer token of an OFFER, checked: its tag, or why it is refused (for the log; the token
+/// itself is never logged).
+fn admitted(m: &Incoming, check: &Admit) -> Result<[u8; 32], &'static str> {
+    let token = m.payload.get("metadata").and_then(|md| md.get("token"));
+    match token {
+        None | Some(Value::Null) => Err("no viewer token (metadata.token)"),
+        Some(Value::String(t)) if t.is_empty() => Err("no viewer token (metadata.token is empty)"),
+        Some(Value::String(t)) => check(t).ok_or("unknown or revoked viewer token"),
+        Some(_) => Err("metadata.token is not a string"),
+    }
+}
+
 fn connection_id(payload: &Value) -> Option<String> {
     payload.get("connectionId").and_then(Value::as_str).map(str::to_string)
 }
 
-async fn answer(m: Incoming, sessions: Arc<Sessions>, tx: LocalSender, conns: Conns) {
+async fn answer(m: Incoming, sessions: Arc<Sessions>, tx: LocalSender, conns: Connections, tag: Option<([u8; 32], Admit)>) {
     let p = &m.payload;
     let Some(cid) = connection_id(p) else {
         log::info!("peerjs: OFFER from {} without connectionId; ignored", m.src);
@@ -91,18 +143,55 @@ async fn answer(m: Incoming, sessions: Arc<Sessions>, tx: LocalSender, conns: Co
         return;
     };
     let key = (m.src.clone(), cid.clone());
-    lock(&conns).insert(key.clone(), Conn::Answering(Vec::new()));
+    {
+        let mut c = lock(&conns.0);
+        if c.len() >= MAX_CONNECTIONS && !c.contains_key(&key) {
+            drop(c);
+            log::warn!("peerjs: {MAX_CONNECTIONS} connections open; {kind} {cid} from {} refused", m.src);
+            tx.send(&m.src, Kind::Leave, json!({"connectionId": cid}));
+            return;
+        }
+        c.insert(key.clone(), Conn::Answering(Vec::new()));
+    }
     let purpose = if kind == "data" {
         let ser = p.get("serialization").and_then(Value::as_str).unwrap_or("binary");
         let ser: Serialization = ser.parse().unwrap_or_default();
-        Purpose::Data(data_handler(ser))
+        // PeerJS names the channel after `label`, or the connection id when none was given.
+        let label = p.get("label").and_then(Value::as_str).unwrap_or(&cid).to_string();
+        Purpose::Data { label, handler: data_handler(ser) }
     } else {
         Purpose::Call
     };
     match sessions.answer_for(sdp, purpose).await {
-        Ok((session, answer_sdp, pc)) => {
+        Ok(answered) => {
+            let session = answered.id.clone();
+            if let Some((digest, check)) = &tag {
+                // Revoking the token ends this call (`Sessions::end_owned_by` with its digest).
+                sessions.set_owner(&session, session::OwnerTag::new(*digest));
+                let token = m.payload.get("metadata").and_then(|md| md.get("token")).and_then(Value::as_str).unwrap_or("");
+                if check(token).is_none() {
+                    // Revoked while we were answering: the revocation did not see this session.
+                    lock(&conns.0).remove(&key);
+                    sessions.remove(&session, "its viewer token was revoked while it was being answered").await;
+                    log::warn!("peerjs: refused {kind} {cid} from {:?}: its viewer token was revoked", m.src);
+                    tx.send(&m.src, Kind::Leave, json!({"connectionId": cid}));
+                    return;
+                }
+            }
+            if let Some(owner) = m.owner {
+                // Opened through a socket of a browser login: its logout ends this call too
+                // (`Sessions::end_owned_by`), not only the signaling socket.
+                sessions.set_owner(&session, session::OwnerTag::new(owner.0));
+                if !tx.is_owned_by(&m.src, owner) {
+                    // The logout came while we were answering: it did not see this session.
+                    lock(&conns.0).remove(&key);
+                    sessions.remove(&session, "its login ended while it was being answered").await;
+                    log::info!("peerjs: {kind} {cid} from {} ended: its login was logged out", m.src);
+                    return;
+                }
+            }
             let mut reply = json!({
-                "sdp": {"type": "answer", "sdp": answer_sdp},
+                "sdp": {"type": "answer", "sdp": answered.answer},
                 "type": kind,
                 "connectionId": cid,
             });
@@ -112,19 +201,28 @@ async fn answer(m: Incoming, sessions: Arc<Sessions>, tx: LocalSender, conns: Co
                 }
             }
             tx.send(&m.src, Kind::Answer, reply);
-            let early = match lock(&conns).insert(key, Conn::Ready { session: session.clone(), pc: pc.clone() }) {
+            let early = match lock(&conns.0).insert(key.clone(), Conn::Ready { session: session.clone() }) {
                 Some(Conn::Answering(c)) => c,
                 _ => Vec::new(),
             };
             for c in early {
-                if let Err(e) = pc.add_ice_candidate(c).await {
-                    log::debug!("peerjs: early candidate refused: {e}");
+                if let Err(e) = sessions.add_candidate(&session, c).await {
+                    log::debug!("peerjs: early candidate: {e}");
                 }
             }
             log::info!("peerjs: {} {} from {} answered (session {session})", kind, cid, m.src);
+            // Forget the connection when its session ends (ICE failure, close, DELETE…).
+            let (end, conns) = (answered.end, conns.clone());
+            tokio::spawn(async move {
+                end.ended().await;
+                let mut c = lock(&conns.0);
+                if matches!(c.get(&key), Some(Conn::Ready { session: s }) if *s == session) {
+                    c.remove(&key);
+                }
+            });
         }
         Err(e) => {
-            lock(&conns).remove(&key);
+            lock(&conns.0).remove(&key);
             log::info!("peerjs: cannot answer {kind} {cid} from {}: {e}", m.src);
             // PeerJS has no "rejected" message: closing is what the browser would see from a
             // peer that refused; LEAVE tells its connection to close now, not after a timeout.
@@ -133,20 +231,20 @@ async fn answer(m: Incoming, sessions: Arc<Sessions>, tx: LocalSender, conns: Co
     }
 }
 
-async fn candidate(m: &Incoming, conns: &Conns) {
+async fn candidate(m: &Incoming, conns: &Connections, sessions: &Sessions) {
     let Some(cid) = connection_id(&m.payload) else { return };
     let Some(c) = m.payload.get("candidate") else { return };
-    let init = RTCIceCandidateInit {
+    let init = RemoteCandidate {
         candidate: c.get("candidate").and_then(Value::as_str).unwrap_or("").to_string(),
         sdp_mid: c.get("sdpMid").and_then(Value::as_str).map(str::to_string),
-        sdp_mline_index: c.get("sdpMLineIndex").and_then(Value::as_u64).map(|i| i as u16),
+        sdp_mline_index: c.get("sdpMLineIndex").and_then(Value::as_u64).and_then(|i| u16::try_from(i).ok()),
         username_fragment: c.get("usernameFragment").and_then(Value::as_str).map(str::to_string),
     };
     if init.candidate.is_empty() {
         return; // end-of-candidates
     }
-    let pc = {
-        let mut map = lock(conns);
+    let session = {
+        let mut map = lock(&conns.0);
         match map.get_mut(&(m.src.clone(), cid)) {
             Some(Conn::Answering(early)) => {
                 if early.len() < MAX_EARLY_CANDIDATES {
@@ -154,33 +252,33 @@ async fn candidate(m: &Incoming, conns: &Conns) {
                 }
                 return;
             }
-            Some(Conn::Ready { pc, .. }) => pc.clone(),
+            Some(Conn::Ready { session }) => session.clone(),
             None => return,
         }
     };
-    if let Err(e) = pc.add_ice_candidate(init).await {
-        log::debug!("peerjs: candidate refused: {e}");
+    if let Err(e) = sessions.add_candidate(&session, init).await {
+        log::debug!("peerjs: {e}");
     }
 }
 
 /// A PeerJS data connection's channel: control requests in, replies and events out.
 fn data_handler(serialization: Serialization) -> DataHandler {
-    Arc::new(move |dc: Arc<RTCDataChannel>, room: Weak<Room>, viewer: u64| {
+    Arc::new(move |dc: DataChannel, room: Weak<Room>, viewer: u64| {
         serve_data(dc, room, viewer, serialization);
     })
 }
 
-async fn send_frames(dc: &RTCDataChannel, frames: Vec<Frame>) -> Result<(), webrtc::Error> {
+async fn send_frames(dc: &DataChannel, frames: Vec<Frame>) -> Result<(), session::SendError> {
     for f in frames {
         match f {
             Frame::Text(t) => dc.send_text(t).await?,
-            Frame::Binary(b) => dc.send(&Bytes::from(b)).await?,
+            Frame::Binary(b) => dc.send_binary(Bytes::from(b)).await?,
         };
     }
     Ok(())
 }
 
-fn serve_data(dc: Arc<RTCDataChannel>, room: Weak<Room>, viewer: u64, serialization: Serialization) {
+fn serve_data(dc: DataChannel, room: Weak<Room>, viewer: u64, serialization: Serialization) {
     let decoder = Arc::new(Mutex::new(Decoder::new(serialization)));
     let encoder = Arc::new(Mutex::new(Encoder::new(serialization)));
     let encode = {
@@ -188,16 +286,16 @@ fn serve_data(dc: Arc<RTCDataChannel>, room: Weak<Room>, viewer: u64, serializat
         move |v: &Value| lock(&encoder).encode_json(v).unwrap_or_default()
     };
 
-    // Events, once the channel is open.
+    // Events, once the channel is open: each event's JSON value is made once for every viewer
+    // and framed here for this connection's serialization.
     let opened = {
-        let (dc, room, encode) = (Arc::downgrade(&dc), room.clone(), encode.clone());
+        let (dc, room, encode) = (dc.downgrade(), room.clone(), encode.clone());
         move || {
             let Some(mut events) = room.upgrade().and_then(|r| r.attach_events(viewer)) else { return };
             tokio::spawn(async move {
                 while let Some(event) = events.recv().await {
                     let Some(dc) = dc.upgrade() else { return };
-                    let v: Value = serde_json::from_str(&event).unwrap_or(Value::Null);
-                    if send_frames(&dc, encode(&v)).await.is_err() {
+                    if send_frames(&dc, encode(event.json())).await.is_err() {
                         return;
                     }
                 }
@@ -205,8 +303,8 @@ fn serve_data(dc: Arc<RTCDataChannel>, room: Weak<Room>, viewer: u64, serializat
         }
     };
 
-    let weak_dc = Arc::downgrade(&dc);
-    let on_message: MessageFn = Arc::new(move |msg: DataChannelMessage| {
+    let weak_dc = dc.downgrade();
+    let on_message: MessageFn = Arc::new(move |msg: session::Message| {
         let (room, dc, decoder, encode, encoder) = (room.clone(), weak_dc.clone(), decoder.clone(), encode.clone(), encoder.clone());
         Box::pin(async move {
             let (Some(room), Some(dc)) = (room.upgrade(), dc.upgrade()) else { return };
@@ -219,7 +317,7 @@ fn serve_data(dc: Arc<RTCDataChannel>, room: Weak<Room>, viewer: u64, serializat
             let frames = match decoded {
                 Ok(None) => return, // a chunk of a larger message
                 Ok(Some(Message::Close)) => {
-                    let _ = dc.close().await;
+                    dc.close().await;
                     return;
                 }
                 // Arbitrary binary data: echoed back as is.
@@ -232,13 +330,18 @@ fn serve_data(dc: Arc<RTCDataChannel>, room: Weak<Room>, viewer: u64, serializat
                         PackValue::Str(s) => s.clone(),
                         other => other.to_json().to_string(),
                     };
-                    let reply = room.handle_text(Origin::Viewer(viewer), &text).await;
-                    encode(&serde_json::from_str(&reply).unwrap_or(Value::Null))
+                    let reply = room.handle_message(Origin::Viewer(viewer), &text).await;
+                    encode(&reply.to_json())
+                }
+                Err(e @ (DecodeError::FrameTooLarge { .. } | DecodeError::MessageTooLarge { .. })) => {
+                    // Refused, not kept: a chunked message stops being reassembled here.
+                    log::debug!("peerjs data: {e}");
+                    let err = ControlError::new("too_large", format!("{e}: a data connection to the device carries messages of at most {} bytes", super::dataconn::MAX_MESSAGE));
+                    encode(&control::Reply::error(Value::Null, err).to_json())
                 }
                 Err(e) => {
                     let err = ControlError::new("bad_message", format!("cannot decode the {serialization} message: {e}"));
-                    let reply = control::reply_err(&Value::Null, &err);
-                    encode(&serde_json::from_str(&reply).unwrap_or(Value::Null))
+                    encode(&control::Reply::error(Value::Null, err).to_json())
                 }
             };
             if let Err(e) = send_frames(&dc, frames).await {
@@ -246,5 +349,5 @@ fn serve_data(dc: Arc<RTCDataChannel>, room: Weak<Room>, viewer: u64, serializat
             }
         })
     });
-    pump(dc, opened, on_message);
+    pump(dc, super::dataconn::READ_BUFFER, opened, on_message);
 }

@@ -12,19 +12,21 @@
 //!
 //! The protocol logic is the pure state machine in [`server`]; this file only moves frames
 //! between sockets and it, under limits: frame size, connected peers (config), a bounded send
-//! queue per socket (a client that reads too slowly is dropped, never buffered without end).
+//! queue per socket (a client that reads too slowly is dropped, never buffered without end),
+//! bounded in frames and in bytes per socket and over all sockets together.
 
 pub mod binarypack;
 pub mod dataconn;
 pub mod device;
+pub mod remote;
 pub mod server;
 
+use super::Owner;
 use crate::config::PeerJsConfig;
-use crate::http::AppState;
 use axum::extract::rejection::QueryRejection;
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
 use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
-use axum::extract::{Query, State};
+use axum::extract::{Extension, Query, State};
 use axum::http::{header, StatusCode, Uri};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
@@ -32,7 +34,7 @@ use axum::Router;
 use serde_json::Value;
 use server::{Action, ConnId, Hello, Server, ServerMsg, Settings};
 use std::collections::{HashMap, VecDeque};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::sync::mpsc;
@@ -42,6 +44,12 @@ pub use server::{AttachError, Kind};
 /// Frames waiting to be written to one socket. Above this the client is too slow and is dropped.
 /// Larger than what one connect can flush at once (OPEN + a full queue of 64 messages).
 const SEND_QUEUE: usize = 256;
+/// Bytes waiting to be written to one socket. Above this the client is too slow and is dropped:
+/// a count alone let 256 × 60 KB frames (15 MB) wait for each socket that never reads.
+const SOCKET_QUEUE_BYTES: usize = 1024 * 1024;
+/// Bytes waiting over all sockets together: 64 slow peers cannot take more than this (the board
+/// has 512 MB); the socket whose frame would cross it is dropped.
+const TOTAL_QUEUE_BYTES: usize = 16 * 1024 * 1024;
 /// A socket that takes longer than this to accept one frame is given up.
 const WRITE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Messages waiting for the local peer's `recv()`.
@@ -61,16 +69,32 @@ pub struct Incoming {
     /// sdpMLineIndex, …}, type, connectionId}`, for `LEAVE` usually `{connectionId}`; `Null` for
     /// `EXPIRE` (then `src` is the ID that never came).
     pub payload: Value,
+    /// The login whose cookie opened the sender's socket (none: a configured token, or no
+    /// password): what the device's peer opens for this message ends at that login's logout.
+    pub owner: Option<Owner>,
 }
 
 enum Outlet {
-    Ws(mpsc::Sender<String>),
+    /// A socket's send queue and the bytes in it (shared with the socket's writer).
+    Ws(mpsc::Sender<String>, Arc<AtomicUsize>),
     Local(mpsc::Sender<Incoming>),
 }
 
 struct Inner {
     sm: Server,
     outlets: HashMap<ConnId, Outlet>,
+    /// The login each socket was opened with (none: a token from the config, or no password).
+    owners: HashMap<ConnId, Owner>,
+    /// Bytes queued over all sockets (see `TOTAL_QUEUE_BYTES`).
+    queued: Arc<AtomicUsize>,
+}
+
+/// What the PeerJS routes need, built by the layer that mounts them (axum `FromRef`).
+#[derive(Clone)]
+pub struct PeerJsState {
+    pub peerjs: Arc<PeerServer>,
+    /// Whether a PeerJS `key` is a valid bearer token (checked by the layer that knows tokens).
+    pub token_valid: Arc<dyn Fn(&str) -> bool + Send + Sync>,
 }
 
 /// The signaling server: one per device, shared by the HTTP handlers and the device's own peer.
@@ -95,7 +119,12 @@ impl PeerServer {
         Arc::new(Self {
             enabled: cfg.enabled,
             max_message_bytes: cfg.max_message_bytes.get() as usize,
-            inner: Mutex::new(Inner { sm: Server::new(settings), outlets: HashMap::new() }),
+            inner: Mutex::new(Inner {
+                sm: Server::new(settings),
+                outlets: HashMap::new(),
+                owners: HashMap::new(),
+                queued: Arc::new(AtomicUsize::new(0)),
+            }),
             next_conn: AtomicU64::new(1),
             ticking: AtomicBool::new(false),
         })
@@ -166,7 +195,7 @@ impl PeerServer {
         apply(&mut inner, actions);
         drop(inner);
         log::info!("peerjs: the device is peer {id:?}");
-        Ok(LocalPeer { sender: LocalSender { server: self.clone(), conn }, id: id.to_string(), rx })
+        Ok(LocalPeer { sender: LocalSender(SenderKind::Local { server: self.clone(), conn }), id: id.to_string(), rx })
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -184,6 +213,33 @@ impl PeerServer {
         let mut inner = self.lock();
         inner.sm.disconnect(conn);
         inner.outlets.remove(&conn);
+        inner.owners.remove(&conn);
+    }
+
+    /// Ends every socket opened by `owner` (its login ended): the peers are disconnected at
+    /// once and their sockets closed after what is already queued. Returns how many.
+    pub fn end_owned_by(&self, owner: Owner) -> usize {
+        let mut inner = self.lock();
+        let conns: Vec<ConnId> = inner.owners.iter().filter(|(_, o)| **o == owner).map(|(c, _)| *c).collect();
+        for conn in &conns {
+            inner.sm.disconnect(*conn);
+            // Dropping the sender ends the socket's writer, which then closes it.
+            inner.outlets.remove(conn);
+            inner.owners.remove(conn);
+        }
+        conns.len()
+    }
+
+    /// Whether the socket holding peer `id` was opened by `owner` and is still there (a logout
+    /// may have closed it while the device was answering its offer).
+    pub fn is_owned_by(&self, id: &str, owner: Owner) -> bool {
+        let inner = self.lock();
+        inner.sm.conn_of(id).and_then(|c| inner.owners.get(&c)).is_some_and(|o| *o == owner)
+    }
+
+    /// Bytes waiting in all sockets' send queues now.
+    pub fn queued_bytes(&self) -> usize {
+        self.lock().queued.load(Ordering::Relaxed)
     }
 
     /// One timer task per server, started with the first connection; it ends with the server.
@@ -209,15 +265,24 @@ impl PeerServer {
 
     /// A socket connected: its connection number, the receiving end of its send queue, the ID
     /// it got (None: refused, the queue then holds the reason and is closed) and the peer count.
-    fn open_socket(self: &Arc<Self>, hello: Hello<'_>) -> (ConnId, mpsc::Receiver<String>, Option<String>, usize) {
+    fn open_socket(self: &Arc<Self>, hello: Hello<'_>, owner: Option<Owner>) -> OpenSocket {
         self.ensure_ticker();
         let conn = self.next_conn.fetch_add(1, Ordering::Relaxed);
         let (tx, rx) = mpsc::channel::<String>(SEND_QUEUE);
         let mut inner = self.lock();
-        inner.outlets.insert(conn, Outlet::Ws(tx));
+        let queued = Arc::new(AtomicUsize::new(0));
+        inner.outlets.insert(conn, Outlet::Ws(tx, queued.clone()));
+        if let Some(owner) = owner {
+            inner.owners.insert(conn, owner);
+        }
         let actions = inner.sm.connect(Instant::now(), conn, hello);
         apply(&mut inner, actions);
-        (conn, rx, inner.sm.id_of(conn).map(str::to_string), inner.sm.peer_count())
+        OpenSocket {
+            conn,
+            rx: QueueRx { rx, queued, total: inner.queued.clone() },
+            id: inner.sm.id_of(conn).map(str::to_string),
+            peers: inner.sm.peer_count(),
+        }
     }
 
     /// A fresh ID as PeerServer makes them (a random UUID), not in use.
@@ -236,6 +301,80 @@ impl PeerServer {
     }
 }
 
+/// A socket just opened: its number, its send queue, the ID it got (None: refused, the queue
+/// then holds the reason and is closed) and the peer count.
+struct OpenSocket {
+    conn: ConnId,
+    rx: QueueRx,
+    id: Option<String>,
+    peers: usize,
+}
+
+/// The receiving end of a socket's send queue; gives the bytes back to the budgets as frames
+/// leave it, and all that is left when it is dropped.
+struct QueueRx {
+    rx: mpsc::Receiver<String>,
+    queued: Arc<AtomicUsize>,
+    total: Arc<AtomicUsize>,
+}
+
+impl QueueRx {
+    async fn recv(&mut self) -> Option<String> {
+        let text = self.rx.recv().await?;
+        self.queued.fetch_sub(text.len(), Ordering::Relaxed);
+        self.total.fetch_sub(text.len(), Ordering::Relaxed);
+        Some(text)
+    }
+
+    #[cfg(test)]
+    fn try_recv(&mut self) -> Result<String, mpsc::error::TryRecvError> {
+        let text = self.rx.try_recv()?;
+        self.queued.fetch_sub(text.len(), Ordering::Relaxed);
+        self.total.fetch_sub(text.len(), Ordering::Relaxed);
+        Ok(text)
+    }
+}
+
+impl Drop for QueueRx {
+    fn drop(&mut self) {
+        self.rx.close();
+        while let Ok(text) = self.rx.try_recv() {
+            self.queued.fetch_sub(text.len(), Ordering::Relaxed);
+            self.total.fetch_sub(text.len(), Ordering::Relaxed);
+        }
+    }
+}
+
+/// Queues one frame for a socket within the budgets; `false`: the socket must be dropped
+/// (too slow, or gone).
+fn enqueue(tx: &mpsc::Sender<String>, queued: &AtomicUsize, total: &AtomicUsize, text: String, who: &str) -> bool {
+    let n = text.len();
+    let mine = queued.load(Ordering::Relaxed);
+    let all = total.load(Ordering::Relaxed);
+    if mine + n > SOCKET_QUEUE_BYTES {
+        log::warn!("peerjs: {who:?} reads too slowly ({} KiB waiting), dropping it", mine / 1024);
+        return false;
+    }
+    if all + n > TOTAL_QUEUE_BYTES {
+        log::warn!("peerjs: {} KiB wait for slow sockets in all; dropping {who:?}", all / 1024);
+        return false;
+    }
+    // Counted before the frame is visible to the writer, which subtracts it.
+    queued.fetch_add(n, Ordering::Relaxed);
+    total.fetch_add(n, Ordering::Relaxed);
+    match tx.try_send(text) {
+        Ok(()) => true,
+        Err(e) => {
+            queued.fetch_sub(n, Ordering::Relaxed);
+            total.fetch_sub(n, Ordering::Relaxed);
+            if matches!(e, mpsc::error::TrySendError::Full(_)) {
+                log::warn!("peerjs: {who:?} reads too slowly ({SEND_QUEUE} frames waiting), dropping it");
+            }
+            false
+        }
+    }
+}
+
 /// Carries out the state machine's actions. A socket whose send queue is full is dropped, and
 /// whatever that causes is carried out too.
 fn apply(inner: &mut Inner, actions: Vec<Action>) {
@@ -245,17 +384,14 @@ fn apply(inner: &mut Inner, actions: Vec<Action>) {
             Action::Send(conn, msg) => {
                 let gone = match inner.outlets.get(&conn) {
                     None => false,
-                    Some(Outlet::Ws(tx)) => match tx.try_send(msg.to_json()) {
-                        Ok(()) => false,
-                        Err(mpsc::error::TrySendError::Full(_)) => {
-                            log::warn!("peerjs: {:?} reads too slowly, dropping it", inner.sm.id_of(conn).unwrap_or("?"));
-                            true
-                        }
-                        Err(mpsc::error::TrySendError::Closed(_)) => true,
-                    },
+                    Some(Outlet::Ws(tx, queued)) => {
+                        let who = inner.sm.id_of(conn).unwrap_or("?");
+                        !enqueue(tx, queued, &inner.queued, msg.to_json(), who)
+                    }
                     Some(Outlet::Local(tx)) => {
                         let ServerMsg::Relay(r) = msg else { continue };
-                        let incoming = Incoming { src: r.src, kind: r.kind, payload: r.payload.unwrap_or(Value::Null) };
+                        let owner = inner.sm.conn_of(&r.src).and_then(|c| inner.owners.get(&c)).copied();
+                        let incoming = Incoming { src: r.src, kind: r.kind, payload: r.payload.unwrap_or(Value::Null), owner };
                         match tx.try_send(incoming) {
                             Ok(()) => false,
                             Err(mpsc::error::TrySendError::Full(m)) => {
@@ -270,6 +406,7 @@ fn apply(inner: &mut Inner, actions: Vec<Action>) {
                 if gone {
                     // Dropping the sender ends the socket's writer, which then closes it.
                     inner.outlets.remove(&conn);
+                    inner.owners.remove(&conn);
                     inner.sm.disconnect(conn);
                 }
             }
@@ -280,7 +417,9 @@ fn apply(inner: &mut Inner, actions: Vec<Action>) {
     }
 }
 
-/// The device's own peer, attached with [`PeerServer::attach_local`]. Dropping it detaches.
+/// The device's own peer: attached to the device's PeerServer with [`PeerServer::attach_local`]
+/// (dropping it detaches), or connected to an external PeerServer ([`remote`]). `device.rs`
+/// answers through either the same way.
 pub struct LocalPeer {
     sender: LocalSender,
     id: String,
@@ -288,12 +427,18 @@ pub struct LocalPeer {
 }
 
 impl LocalPeer {
+    /// A peer on an external PeerServer: messages come in on `rx`, and go out as JSON frames on
+    /// `out` (a bounded queue the client's socket writer drains; full → dropped).
+    pub(crate) fn remote(id: String, out: mpsc::Sender<String>, rx: mpsc::Receiver<Incoming>) -> Self {
+        LocalPeer { sender: LocalSender(SenderKind::Remote(out)), id, rx }
+    }
+
     pub fn id(&self) -> &str {
         &self.id
     }
 
     /// The next message for the device's ID; `None` once detached (replaced by another
-    /// `attach_local` of the same ID).
+    /// `attach_local` of the same ID, or the remote client ended).
     pub async fn recv(&mut self) -> Option<Incoming> {
         self.rx.recv().await
     }
@@ -311,27 +456,54 @@ impl LocalPeer {
 
 impl Drop for LocalPeer {
     fn drop(&mut self) {
-        self.sender.server.close_conn(self.sender.conn);
+        if let SenderKind::Local { server, conn } = &self.sender.0 {
+            server.close_conn(*conn);
+        }
     }
 }
 
-/// Sends as the local peer; does nothing once the [`LocalPeer`] is gone.
+/// Sends as the device's peer; does nothing once the [`LocalPeer`] is gone.
 #[derive(Clone)]
-pub struct LocalSender {
-    server: Arc<PeerServer>,
-    conn: ConnId,
+pub struct LocalSender(SenderKind);
+
+#[derive(Clone)]
+enum SenderKind {
+    Local { server: Arc<PeerServer>, conn: ConnId },
+    Remote(mpsc::Sender<String>),
 }
 
 impl LocalSender {
     pub fn send(&self, dst: &str, kind: Kind, payload: Value) {
-        self.server.run(|sm| sm.send_from(Instant::now(), self.conn, kind, dst, payload));
+        match &self.0 {
+            SenderKind::Local { server, conn } => server.run(|sm| sm.send_from(Instant::now(), *conn, kind, dst, payload)),
+            SenderKind::Remote(out) => {
+                // A client's message: PeerServer sets `src` itself.
+                let frame = serde_json::json!({ "type": kind.as_str(), "dst": dst, "payload": payload }).to_string();
+                if out.try_send(frame).is_err() {
+                    log::warn!("peerjs remote: {} for {dst:?} dropped (not connected, or the send queue is full)", kind.as_str());
+                }
+            }
+        }
+    }
+
+    /// Whether the socket holding peer `id` was opened by `owner` and is still there (see
+    /// [`PeerServer::is_owned_by`]); always false on an external PeerServer (no logins there).
+    pub fn is_owned_by(&self, id: &str, owner: Owner) -> bool {
+        match &self.0 {
+            SenderKind::Local { server, .. } => server.is_owned_by(id, owner),
+            SenderKind::Remote(_) => false,
+        }
     }
 }
 
 // ---- HTTP ----------------------------------------------------------------------------------
 
 /// The PeerJS routes, merged into the device's router (behind its auth guard).
-pub fn routes() -> Router<AppState> {
+pub fn routes<S>() -> Router<S>
+where
+    S: Clone + Send + Sync + 'static,
+    PeerJsState: axum::extract::FromRef<S>,
+{
     Router::new()
         .route("/peerjs", get(banner))
         .route("/peerjs/", get(banner))
@@ -375,7 +547,7 @@ fn disabled() -> Response {
     text(StatusCode::NOT_FOUND, "PeerJS signaling is off ([peerjs] enabled = false)\n")
 }
 
-async fn banner(State(app): State<AppState>) -> Response {
+async fn banner(State(app): State<PeerJsState>) -> Response {
     if !app.peerjs.enabled() {
         return disabled();
     }
@@ -391,14 +563,14 @@ async fn banner(State(app): State<AppState>) -> Response {
 
 /// `GET /peerjs/<key>/id`. Like PeerServer, any key gets an ID; the key is checked on the
 /// WebSocket, where the client can report it as `invalid-key`.
-async fn new_id(State(app): State<AppState>) -> Response {
+async fn new_id(State(app): State<PeerJsState>) -> Response {
     if !app.peerjs.enabled() {
         return disabled();
     }
     text(StatusCode::OK, app.peerjs.random_id())
 }
 
-async fn peers(State(app): State<AppState>) -> Response {
+async fn peers(State(app): State<PeerJsState>) -> Response {
     if !app.peerjs.enabled() {
         return disabled();
     }
@@ -420,7 +592,8 @@ async fn client_license() -> Response {
 
 /// `GET /peerjs/peerjs?key=&id=&token=`: the signaling WebSocket.
 async fn websocket(
-    State(app): State<AppState>,
+    State(app): State<PeerJsState>,
+    owner: Option<Extension<Owner>>,
     query: Result<Query<HashMap<String, String>>, QueryRejection>,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
@@ -437,24 +610,24 @@ async fn websocket(
         }
     };
     let q = query.map(|Query(q)| q).unwrap_or_default();
-    let key_is_token = q.get("key").is_some_and(|k| k != app.peerjs.lock().sm.settings().key.as_str() && app.auth.token_valid(k));
+    let key_is_token = q.get("key").is_some_and(|k| k != app.peerjs.lock().sm.settings().key.as_str() && (app.token_valid)(k));
     let server = app.peerjs.clone();
     // Frames up to twice the limit are read and answered with ERROR; beyond that the WebSocket
     // layer itself refuses them (and the socket is closed without a word).
     let hard_limit = server.max_message_bytes * 2;
     ws.max_message_size(hard_limit)
         .max_frame_size(hard_limit)
-        .on_upgrade(move |socket| serve_socket(server, socket, q, key_is_token))
+        .on_upgrade(move |socket| serve_socket(server, socket, q, key_is_token, owner.map(|Extension(o)| o)))
 }
 
-async fn serve_socket(server: Arc<PeerServer>, mut socket: WebSocket, q: HashMap<String, String>, key_is_token: bool) {
+async fn serve_socket(server: Arc<PeerServer>, mut socket: WebSocket, q: HashMap<String, String>, key_is_token: bool, owner: Option<Owner>) {
     let hello = Hello {
         id: q.get("id").map(String::as_str),
         token: q.get("token").map(String::as_str),
         key: q.get("key").map(String::as_str),
         key_is_token,
     };
-    let (conn, mut rx, id, peers) = server.open_socket(hello);
+    let OpenSocket { conn, mut rx, id, peers } = server.open_socket(hello, owner);
     match &id {
         Some(id) => log::info!("peerjs: peer {id:?} connected ({peers} connected)"),
         None => log::info!("peerjs: connection refused (id {:?})", q.get("id")),
@@ -513,14 +686,19 @@ mod tests {
         PeerServer::new(&PeerJsConfig::default())
     }
 
-    fn browser(s: &Arc<PeerServer>, id: &str) -> (ConnId, mpsc::Receiver<String>) {
-        let (conn, mut rx, got, _) = s.open_socket(Hello { id: Some(id), token: Some("tok"), key: Some("peerjs"), key_is_token: false });
+    fn open(s: &Arc<PeerServer>, hello: Hello<'_>) -> (ConnId, QueueRx, Option<String>, usize) {
+        let o = s.open_socket(hello, None);
+        (o.conn, o.rx, o.id, o.peers)
+    }
+
+    fn browser(s: &Arc<PeerServer>, id: &str) -> (ConnId, QueueRx) {
+        let (conn, mut rx, got, _) = open(s, Hello { id: Some(id), token: Some("tok"), key: Some("peerjs"), key_is_token: false });
         assert_eq!(got.as_deref(), Some(id));
         assert_eq!(next(&mut rx)["type"], "OPEN");
         (conn, rx)
     }
 
-    fn next(rx: &mut mpsc::Receiver<String>) -> Value {
+    fn next(rx: &mut QueueRx) -> Value {
         serde_json::from_str(&rx.try_recv().expect("a frame")).unwrap()
     }
 
@@ -549,11 +727,11 @@ mod tests {
         me.send("alice", Kind::Candidate, json!({"candidate":{"candidate":"candidate:1 1 udp 1 127.0.0.1 9 typ host"},"type":"data","connectionId":"dc_1"}));
         assert_eq!(next(&mut alice_rx)["type"], "CANDIDATE");
         // A browser cannot take the device's ID, not even after the device detached.
-        let (_, mut rx, got, _) = s.open_socket(Hello { id: Some("peercam"), token: Some("x"), key: Some("peerjs"), key_is_token: false });
+        let (_, mut rx, got, _) = open(&s, Hello { id: Some("peercam"), token: Some("x"), key: Some("peerjs"), key_is_token: false });
         assert_eq!(got, None);
         assert_eq!(next(&mut rx)["type"], "ID-TAKEN");
         drop(me);
-        let (_, mut rx, got, _) = s.open_socket(Hello { id: Some("peercam"), token: Some("x"), key: Some("peerjs"), key_is_token: false });
+        let (_, mut rx, got, _) = open(&s, Hello { id: Some("peercam"), token: Some("x"), key: Some("peerjs"), key_is_token: false });
         assert_eq!(got, None);
         assert_eq!(next(&mut rx)["type"], "ID-TAKEN");
         // LEAVE without payload arrives as Null.
@@ -590,9 +768,55 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn send_queues_are_bounded_in_bytes() {
+        let s = server();
+        let (_alice, alice_rx_never_read) = browser(&s, "alice");
+        let (bob, _bob_rx) = browser(&s, "bob");
+        // 60 KB frames: far fewer than SEND_QUEUE of them fill SOCKET_QUEUE_BYTES.
+        let big = format!(r#"{{"type":"CANDIDATE","dst":"alice","payload":{{"x":"{}"}}}}"#, "a".repeat(60_000));
+        let mut sent = 0;
+        while s.lock().sm.is_connected("alice") && sent < SEND_QUEUE {
+            say(&s, bob, &big);
+            sent += 1;
+        }
+        assert!(sent < 20, "alice was dropped after {sent} frames of 60 KB");
+        assert!(s.queued_bytes() <= SOCKET_QUEUE_BYTES + 1024, "{}", s.queued_bytes());
+        drop(alice_rx_never_read);
+        assert_eq!(s.queued_bytes(), 0, "the bytes of a dropped queue are given back");
+        // Many sockets that never read: together within TOTAL_QUEUE_BYTES.
+        let mut held = Vec::new();
+        for i in 0..40 {
+            let id = format!("slow{i}");
+            let (_, rx) = browser(&s, &id);
+            held.push(rx);
+            let frame = big.replace("\"alice\"", &format!("\"{id}\""));
+            for _ in 0..20 {
+                say(&s, bob, &frame);
+            }
+        }
+        assert!(s.queued_bytes() <= TOTAL_QUEUE_BYTES, "{}", s.queued_bytes());
+    }
+
+    #[tokio::test]
+    async fn end_owned_by_closes_that_logins_sockets() {
+        let s = server();
+        let (_, mut mine, _, _) = {
+            let o = s.open_socket(Hello { id: Some("mine"), token: Some("t"), key: Some("peerjs"), key_is_token: false }, Some(Owner([1; 32])));
+            (o.conn, o.rx, o.id, o.peers)
+        };
+        assert_eq!(next(&mut mine)["type"], "OPEN");
+        let (_, _other) = browser(&s, "other");
+        assert_eq!(s.end_owned_by(Owner([2; 32])), 0);
+        assert_eq!(s.end_owned_by(Owner([1; 32])), 1);
+        assert!(!s.lock().sm.is_connected("mine"));
+        assert!(s.lock().sm.is_connected("other"));
+        assert!(matches!(mine.try_recv(), Err(mpsc::error::TryRecvError::Disconnected)), "its socket is closed");
+    }
+
+    #[tokio::test]
     async fn refused_connections_get_the_reason_then_end() {
         let s = server();
-        let (_, mut rx, got, _) = s.open_socket(Hello { id: Some("x"), token: Some("t"), key: Some("wrong"), key_is_token: false });
+        let (_, mut rx, got, _) = open(&s, Hello { id: Some("x"), token: Some("t"), key: Some("wrong"), key_is_token: false });
         assert_eq!(got, None);
         assert_eq!(next(&mut rx)["type"], "INVALID-KEY");
         assert_eq!(next(&mut rx), json!({"type":"ERROR","payload":{"msg":"Invalid key provided"}}));

@@ -235,6 +235,11 @@ impl Server {
         self.clients.contains_key(id)
     }
 
+    /// The connection holding a peer ID.
+    pub fn conn_of(&self, id: &str) -> Option<ConnId> {
+        self.clients.get(id).map(|c| c.conn)
+    }
+
     /// The ID a connection holds, if it is registered.
     pub fn id_of(&self, conn: ConnId) -> Option<&str> {
         self.conns.get(&conn).map(|c| c.id.as_str())

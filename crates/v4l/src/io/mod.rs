@@ -1,0 +1,4 @@
+pub mod traits;
+
+pub mod mmap;
+pub mod userptr;
