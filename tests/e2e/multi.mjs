@@ -5,12 +5,15 @@ import {
 } from './lib.mjs';
 
 const FPS = 30, SECONDS = 5, VIEWERS = 3;
-// Three windows share one 2-core machine and Chromium composites in software (--disable-gpu); small windows
-// keep that cost from masking the device. The stream is still decoded at full size (1280x720).
+// Three windows share one 2-core machine and Chromium decodes and composites in software (--disable-gpu):
+// three 1280x720 streams took Chromium to 167 % CPU in CI and rendered 14 of the 28 fps it decoded. What
+// this test is about (one encode shared by three viewers, each served in full) does not depend on the size,
+// so the device sends 640x360 (a quarter of the pixels) into small windows, and the machine is not the limit.
 const VIEWPORT = { width: 640, height: 360 };
+const SIZE = { width: 640, height: 360 };
 
 await main('multi', async (t) => {
-  const svc = await startService({ name: 'multi', config: { video: { fps: FPS } } });
+  const svc = await startService({ name: 'multi', config: { video: { fps: FPS, ...SIZE } } });
   t.info(`service at ${svc.url} (log: ${svc.logPath})`);
   const browser = await launchBrowser({ autoplay: true });
   // One context per viewer: separate windows, as three people would have.
