@@ -7,19 +7,11 @@
 # Env: PEERCAM_BIN (default <repo>/target/release/peercam), NIGHT_TEST_TIMEOUT (s).
 # Logs: tests/night/artifacts/night-service.log and the snapshots.
 set -u
-case "${PEERCAM_BIN:-/}" in /*) ;; *) PEERCAM_BIN="$PWD/$PEERCAM_BIN" ;; esac
+stage=night
 here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-export PEERCAM_BIN="${PEERCAM_BIN:-$repo/target/release/peercam}"
-cd "$here"
-if [ "$(id -u)" != 0 ]; then echo "FAIL night: needs root (unshare of a network namespace)"; echo "night: 0 passed, 1 failed"; exit 2; fi
-if [ ! -x "$PEERCAM_BIN" ]; then
-  echo "FAIL night: no peercam binary at $PEERCAM_BIN (cargo build --release, or set PEERCAM_BIN)"; echo "night: 0 passed, 1 failed"; exit 2
-fi
+. "$here/../lib/stage.sh"
 if ! command -v ffmpeg >/dev/null; then
-  echo "night: installing ffmpeg (scripts/apt-install.sh)"
-  (cd "$repo" && bash -c '. scripts/apt-install.sh && apt_install ffmpeg') || {
-    echo "FAIL night: ffmpeg could not be installed"; echo "night: 0 passed, 1 failed"; exit 2; }
+  stage_install ffmpeg ffmpeg
 fi
 "$repo/tests/interop/setup.sh" || { echo "FAIL night: tests/interop/setup.sh (the aiortc venv)"; echo "night: 0 passed, 1 failed"; exit 2; }
 start=$(date +%s)

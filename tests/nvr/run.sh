@@ -9,19 +9,11 @@
 # Env: PEERCAM_BIN (default <repo>/target/release/peercam), NVR_TEST_TIMEOUT (s).
 # Logs: tests/nvr/artifacts/nvr-service.log, the decoded snapshots, ffmpeg/gst stderr.
 set -u
-case "${PEERCAM_BIN:-/}" in /*) ;; *) PEERCAM_BIN="$PWD/$PEERCAM_BIN" ;; esac
+stage=nvr
 here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-export PEERCAM_BIN="${PEERCAM_BIN:-$repo/target/release/peercam}"
-cd "$here"
-if [ "$(id -u)" != 0 ]; then echo "FAIL nvr: needs root (unshare of a network namespace)"; echo "nvr: 0 passed, 1 failed"; exit 2; fi
-if [ ! -x "$PEERCAM_BIN" ]; then
-  echo "FAIL nvr: no peercam binary at $PEERCAM_BIN (cargo build --release, or set PEERCAM_BIN)"; echo "nvr: 0 passed, 1 failed"; exit 2
-fi
+. "$here/../lib/stage.sh"
 if ! command -v ffmpeg >/dev/null || ! command -v gst-launch-1.0 >/dev/null || ! gst-inspect-1.0 avdec_h264 >/dev/null 2>&1 || ! gst-inspect-1.0 rtspsrc >/dev/null 2>&1; then
-  echo "nvr: installing ffmpeg and GStreamer (scripts/apt-install.sh)"
-  (cd "$repo" && bash -c '. scripts/apt-install.sh && apt_install ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav') || {
-    echo "FAIL nvr: ffmpeg/GStreamer could not be installed"; echo "nvr: 0 passed, 1 failed"; exit 2; }
+  stage_install ffmpeg/GStreamer ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav
 fi
 "$repo/tests/interop/setup.sh" || { echo "FAIL nvr: tests/interop/setup.sh (the aiortc venv)"; echo "nvr: 0 passed, 1 failed"; exit 2; }
 start=$(date +%s)

@@ -10,15 +10,9 @@
 # Env: PEERCAM_BIN (default <repo>/target/release/peercam), SECURITY_TEST_TIMEOUT (s, each script).
 # Logs: tests/service/artifacts/security-*-service.log, faults-*-service.log.
 set -u
-case "${PEERCAM_BIN:-/}" in /*) ;; *) PEERCAM_BIN="$PWD/$PEERCAM_BIN" ;; esac
+stage=security stage_root_why="unshare of network and mount namespaces"
 here=$(cd "$(dirname "$0")" && pwd)
-repo=$(cd "$here/../.." && pwd)
-export PEERCAM_BIN="${PEERCAM_BIN:-$repo/target/release/peercam}"
-cd "$here"
-if [ "$(id -u)" != 0 ]; then echo "FAIL security: needs root (unshare of network and mount namespaces)"; exit 2; fi
-if [ ! -x "$PEERCAM_BIN" ]; then
-  echo "FAIL security: no peercam binary at $PEERCAM_BIN (cargo build --release, or set PEERCAM_BIN)"; exit 2
-fi
+. "$here/../lib/stage.sh"
 what=${1:-all}
 [ $# -gt 0 ] && shift
 passed=0; failed=0
