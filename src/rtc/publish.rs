@@ -21,6 +21,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 use tokio::sync::watch;
+use webrtc::ice_transport::ice_connection_state::RTCIceConnectionState;
+use webrtc::peer_connection::offer_answer_options::RTCOfferOptions;
 use webrtc::peer_connection::peer_connection_state::RTCPeerConnectionState;
 use webrtc::peer_connection::sdp::session_description::RTCSessionDescription;
 use webrtc::peer_connection::RTCPeerConnection;
@@ -47,7 +49,23 @@ pub enum PublishError {
     NotConnected(Duration),
     #[error("the connection ended before it was up: {0}")]
     Ended(String),
+    #[error("cannot make the ICE restart offer: {0}")]
+    RestartOffer(String),
 }
+
+/// What befell a publication that was up.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Trouble {
+    /// ICE lost the media server (no consent within `[webrtc] peer_timeout_s`); DTLS and the
+    /// streams are intact, so an ICE restart can bring it back on the same resource.
+    IceLost,
+    /// Over for good (DTLS failed, closed): why.
+    Ended(String),
+}
+
+/// The STUN-discovered public address as a srflx candidate, as for an answer
+/// (`RtcEngine::finish_answer`); kept for the offers of ICE restarts.
+type Finish = Arc<dyn Fn(String) -> String + Send + Sync>;
 
 /// An offer made, waiting for the media server's answer.
 pub struct Offer {
@@ -57,6 +75,7 @@ pub struct Offer {
     senders: Vec<(Arc<TrackLocalStaticRTP>, Arc<RTCRtpSender>, MediaKind)>,
     hub: Arc<Hub>,
     egress: Arc<super::egress::Egress>,
+    finish: Finish,
 }
 
 /// A publication (answer applied). Dropping it does not close the peer connection: call
@@ -66,7 +85,10 @@ pub struct Publication {
     phase_tx: Arc<watch::Sender<Phase>>,
     phase: watch::Receiver<Phase>,
     why: Arc<Mutex<Option<String>>>,
+    /// `true` while ICE has lost the server (failed); `false` once connected (again).
+    ice_lost: watch::Receiver<bool>,
     link: Arc<Link>,
+    finish: Finish,
     _viewer: ViewerGuard,
 }
 
@@ -80,7 +102,14 @@ impl Sessions {
         let (engine, hub) = self.parts();
         let pc = engine.new_peer_connection().await.map_err(PublishError::Offer)?;
         match make_offer(&pc, engine, video, audio).await {
-            Ok((sdp, senders)) => Ok(Offer { sdp, pc, senders, hub: Arc::clone(hub), egress: Arc::clone(&engine.egress) }),
+            Ok((sdp, senders)) => {
+                let (public, udp_addr) = (engine.public, engine.udp_addr);
+                let finish: Finish = Arc::new(move |sdp| match public {
+                    Some(p) => super::ice::add_srflx(&sdp, p, udp_addr),
+                    None => sdp,
+                });
+                Ok(Offer { sdp, pc, senders, hub: Arc::clone(hub), egress: Arc::clone(&engine.egress), finish })
+            }
             Err(e) => {
                 let _ = pc.close().await;
                 Err(e)
@@ -166,7 +195,7 @@ impl Offer {
     /// Applies the media server's answer and starts the send loops (they send once ICE and DTLS
     /// are up). The peer connection is closed on error.
     pub async fn accept(self, answer_sdp: &str) -> Result<Publication, PublishError> {
-        let Offer { sdp: _, pc, senders, hub, egress } = self;
+        let Offer { sdp: _, pc, senders, hub, egress, finish } = self;
         let applied = async {
             let answer = RTCSessionDescription::answer(answer_sdp.to_string()).map_err(|e| PublishError::Answer(e.to_string()))?;
             pc.set_remote_description(answer).await.map_err(|e| PublishError::Answer(e.to_string()))
@@ -178,8 +207,26 @@ impl Offer {
         let (phase_tx, phase) = watch::channel(Phase::Negotiating);
         let phase_tx = Arc::new(phase_tx);
         let why: Arc<Mutex<Option<String>>> = Arc::default();
+        let (lost_tx, ice_lost) = watch::channel(false);
+        let lost_tx = Arc::new(lost_tx);
         {
-            let (tx, why) = (Arc::clone(&phase_tx), Arc::clone(&why));
+            // webrtc-rs reports the ICE state before the peer connection state it changes.
+            let lost = Arc::clone(&lost_tx);
+            pc.on_ice_connection_state_change(Box::new(move |state| {
+                match state {
+                    RTCIceConnectionState::Failed => {
+                        lost.send_replace(true);
+                    }
+                    RTCIceConnectionState::Connected | RTCIceConnectionState::Completed => {
+                        lost.send_replace(false);
+                    }
+                    _ => {}
+                }
+                Box::pin(async {})
+            }));
+        }
+        {
+            let (tx, why, lost) = (Arc::clone(&phase_tx), Arc::clone(&why), Arc::clone(&lost_tx));
             pc.on_peer_connection_state_change(Box::new(move |state| {
                 log::debug!("publish: peer connection {state}");
                 let end = match state {
@@ -193,6 +240,9 @@ impl Offer {
                         });
                         None
                     }
+                    // ICE lost a publication that was up: the WHIP client decides (ICE restart,
+                    // or a new publication). Before it was ever up, or DTLS: over.
+                    RTCPeerConnectionState::Failed if *lost.borrow() && *tx.borrow() == Phase::Connected => None,
                     RTCPeerConnectionState::Failed => Some("ICE/DTLS failed (the media server stopped answering)"),
                     RTCPeerConnectionState::Closed => Some("the peer connection closed"),
                     _ => None,
@@ -224,7 +274,7 @@ impl Offer {
             tokio::spawn(session::rtcp_loop(Arc::clone(&hub), sender, kind, Arc::clone(&link)));
         }
         let _viewer = hub.demand.join();
-        Ok(Publication { pc, phase_tx, phase, why, link, _viewer })
+        Ok(Publication { pc, phase_tx, phase, why, ice_lost, link, finish, _viewer })
     }
 
     /// Gives the offer up (the server refused it).
@@ -250,6 +300,55 @@ impl Publication {
     pub async fn ended(&mut self) -> String {
         let _ = self.phase.wait_for(|p| *p == Phase::Ended).await;
         self.reason()
+    }
+
+    /// Resolves when ICE lost the server or the publication ended.
+    pub async fn trouble(&mut self) -> Trouble {
+        let ended = tokio::select! {
+            _ = self.phase.wait_for(|p| *p == Phase::Ended) => true,
+            r = self.ice_lost.wait_for(|lost| *lost) => r.is_err(),
+        };
+        if ended || *self.phase.borrow() == Phase::Ended { Trouble::Ended(self.reason()) } else { Trouble::IceLost }
+    }
+
+    /// A new offer with fresh ICE credentials and candidates (gathered again: the device's
+    /// addresses may have changed), for an ICE restart. The media, DTLS and SRTP stay.
+    pub async fn restart_offer(&self) -> Result<String, PublishError> {
+        let err = |e: webrtc::Error| PublishError::RestartOffer(e.to_string());
+        let offer = self.pc.create_offer(Some(RTCOfferOptions { ice_restart: true, ..Default::default() })).await.map_err(err)?;
+        // After create_offer: it restarted gathering (a promise taken before would read the
+        // previous gathering's "complete").
+        let mut gathered = self.pc.gathering_complete_promise().await;
+        self.pc.set_local_description(offer).await.map_err(err)?;
+        if tokio::time::timeout(GATHER_TIMEOUT, gathered.recv()).await.is_err() {
+            log::warn!("publish: ICE gathering for the restart did not finish in {GATHER_TIMEOUT:?}; offering the candidates so far");
+        }
+        let sdp = self.pc.local_description().await.ok_or_else(|| PublishError::RestartOffer("no local description".into()))?.sdp;
+        Ok((self.finish)(sdp))
+    }
+
+    /// The media server's current answer (the base of the restart's answer).
+    pub async fn remote_sdp(&self) -> Option<String> {
+        self.pc.remote_description().await.map(|d| d.sdp)
+    }
+
+    /// Applies the answer to [`Self::restart_offer`] and waits until ICE is up again, at most
+    /// `within`.
+    pub async fn accept_restart(&mut self, answer_sdp: &str, within: Duration) -> Result<(), PublishError> {
+        let answer = RTCSessionDescription::answer(answer_sdp.to_string()).map_err(|e| PublishError::Answer(e.to_string()))?;
+        self.pc.set_remote_description(answer).await.map_err(|e| PublishError::Answer(e.to_string()))?;
+        let back = tokio::time::timeout(within, async {
+            tokio::select! {
+                _ = self.phase.wait_for(|p| *p == Phase::Ended) => false,
+                r = self.ice_lost.wait_for(|lost| !*lost) => r.is_ok(),
+            }
+        })
+        .await;
+        match back {
+            Err(_) => Err(PublishError::NotConnected(within)),
+            Ok(true) => Ok(()),
+            Ok(false) => Err(PublishError::Ended(self.reason())),
+        }
     }
 
     fn reason(&self) -> String {

@@ -9,6 +9,12 @@
 //          → joins the room as a publisher with the offer (joinConfigurePublisher)
 //          → 201, Location: /whip/resource/<uuid> (relative, as RFC 9725 allows), the SDP answer
 //          401 wrong/missing token, 415 not application/sdp, 503 Janus not reachable, 400 Janus refused
+//   PATCH  /whip/resource/<uuid>   ICE restart (RFC 9725 §4.4.1): Content-Type application/trickle-ice-sdpfrag,
+//          If-Match: "*", new ice-ufrag/ice-pwd and candidates → the publisher's stored offer with those
+//          credentials and candidates goes to Janus again (configure with a jsep offer: Janus restarts
+//          ICE on the same PeerConnection, the feed and its subscribers stay) → 200, the answer's ICE
+//          fragment, ETag. Same credentials: the candidates are trickled → 204. 404 unknown, 412 a
+//          restart without If-Match "*", 415 not a fragment.
 //   DELETE /whip/resource/<uuid>   → unpublish + detach (200), 404 unknown
 // Viewers (the test's Chromium page; not part of WHIP):
 //   GET  /view                     a page that subscribes to the room's publisher and plays it
@@ -98,7 +104,7 @@ async function whipPost(req, res, room) {
   try {
     handle = await j.session.attach(VideoRoomPlugin);
     const r = await handle.joinConfigurePublisher({ room: ROOM, display: 'peercam', audio: true, video: true, jsep: { type: 'offer', sdp: offer } });
-    resources.set(uuid, { handle, feed: r.feed });
+    resources.set(uuid, { handle, feed: r.feed, offer, ice: iceOf(offer) });
     handle.once(Janode.EVENT.HANDLE_HANGUP, () => { if (resources.delete(uuid)) log(`publisher ${uuid} hung up (Janus side)`); });
     log(`POST → 201: publisher ${uuid} is feed ${r.feed} in room ${ROOM}`);
     res.writeHead(201, { 'Content-Type': 'application/sdp', Location: `/whip/resource/${uuid}` });
@@ -108,6 +114,68 @@ async function whipPost(req, res, room) {
     handle?.detach().catch(() => {});
     send(res, 400, `the SFU refused the offer: ${e.message}\n`);
   }
+}
+
+// The ICE parts of an SDP or an RFC 8840 fragment: credentials (first wins) and candidate lines.
+function iceOf(text) {
+  const lines = text.split(/\r?\n/);
+  const value = (p) => (lines.find((l) => l.startsWith(p)) || '').slice(p.length) || null;
+  return { ufrag: value('a=ice-ufrag:'), pwd: value('a=ice-pwd:'), candidates: lines.filter((l) => l.startsWith('a=candidate:')) };
+}
+
+// `sdp` with other ICE credentials, its candidate lines replaced by `candidates` (in the first
+// media section, the BUNDLE transport).
+function withIce(sdp, { ufrag, pwd, candidates }) {
+  const out = [];
+  let sections = 0;
+  for (const l of sdp.split(/\r?\n/).filter(Boolean)) {
+    if (l.startsWith('m=') && ++sections === 2) out.push(...candidates, 'a=end-of-candidates');
+    if (l.startsWith('a=candidate:') || l.startsWith('a=end-of-candidates')) continue;
+    out.push(l.startsWith('a=ice-ufrag:') ? `a=ice-ufrag:${ufrag}` : l.startsWith('a=ice-pwd:') ? `a=ice-pwd:${pwd}` : l);
+  }
+  if (sections < 2) out.push(...candidates, 'a=end-of-candidates');
+  return out.join('\r\n') + '\r\n';
+}
+
+// The fragment that answers a restart: Janus' new credentials, the BUNDLE group, the first media
+// section's m= and mid, and its candidates.
+function fragmentOf(sdp) {
+  const lines = sdp.split(/\r?\n/);
+  const first = lines.findIndex((l) => l.startsWith('m='));
+  const next = lines.findIndex((l, i) => i > first && l.startsWith('m='));
+  const section = lines.slice(first, next < 0 ? lines.length : next);
+  const ice = iceOf(sdp);
+  return [`a=ice-ufrag:${ice.ufrag}`, `a=ice-pwd:${ice.pwd}`, ...lines.filter((l) => l.startsWith('a=group:BUNDLE')),
+    section[0], ...section.filter((l) => l.startsWith('a=mid:')), ...section.filter((l) => l.startsWith('a=candidate:')),
+    'a=end-of-candidates'].join('\r\n') + '\r\n';
+}
+
+async function whipPatch(req, res, uuid) {
+  if (!TOKEN || req.headers.authorization !== `Bearer ${TOKEN}`) return send(res, 401, 'unauthorized\n');
+  const r = resources.get(uuid);
+  if (!r) { log(`PATCH ${uuid} → 404`); return send(res, 404, 'no such resource\n'); }
+  if (!/^application\/trickle-ice-sdpfrag\b/i.test(req.headers['content-type'] || '')) return send(res, 415, 'Content-Type must be application/trickle-ice-sdpfrag\n');
+  const frag = iceOf(await readBody(req));
+  if (!frag.ufrag || !frag.pwd) return send(res, 400, 'no a=ice-ufrag / a=ice-pwd\n');
+  if (frag.ufrag === r.ice.ufrag && frag.pwd === r.ice.pwd) {
+    for (const c of frag.candidates) await r.handle.trickle({ sdpMLineIndex: 0, candidate: c.slice(2) }).catch(() => {});
+    log(`PATCH ${uuid} → 204 (${frag.candidates.length} candidates trickled)`);
+    return send(res, 204);
+  }
+  if (req.headers['if-match'] !== '"*"') return send(res, 412, 'an ICE restart needs If-Match: "*"\n');
+  const offer = withIce(r.offer, frag);
+  let answer;
+  try {
+    answer = (await r.handle.configure({ jsep: { type: 'offer', sdp: offer } })).jsep?.sdp;
+  } catch (e) {
+    log(`PATCH ${uuid}: Janus refused the restart offer: ${e.message} → 400`);
+    return send(res, 400, `the SFU refused the ICE restart: ${e.message}\n`);
+  }
+  if (!answer) { log(`PATCH ${uuid}: Janus sent no answer → 500`); return send(res, 500, 'no answer from the SFU\n'); }
+  Object.assign(r, { offer, ice: frag, etag: randomUUID() });
+  log(`PATCH ${uuid} → 200: ICE restart, feed ${r.feed} kept (${frag.candidates.length} candidates from the device, ${iceOf(answer).candidates.length} from Janus)`);
+  res.writeHead(200, { 'Content-Type': 'application/trickle-ice-sdpfrag', ETag: `"${r.etag}"` });
+  res.end(fragmentOf(answer));
 }
 
 async function whipDelete(req, res, uuid) {
@@ -171,7 +239,10 @@ const server = http.createServer(async (req, res) => {
     let m;
     if (req.method === 'POST' && (m = /^\/whip\/endpoint\/(\d+)$/.exec(url.pathname))) return await whipPost(req, res, Number(m[1]));
     if (req.method === 'DELETE' && (m = /^\/whip\/resource\/([0-9a-f-]{36})$/.exec(url.pathname))) return await whipDelete(req, res, m[1]);
-    if (req.method === 'PATCH' && url.pathname.startsWith('/whip/resource/')) return send(res, 405, 'no trickle / ICE restart here\n', { Allow: 'DELETE' });
+    if (req.method === 'PATCH' && (m = /^\/whip\/resource\/([0-9a-f-]{36})$/.exec(url.pathname))) {
+      if (process.env.WHIP_NO_PATCH) return send(res, 405, 'no trickle / ICE restart here\n', { Allow: 'DELETE' });
+      return await whipPatch(req, res, m[1]);
+    }
     if (req.method === 'GET' && url.pathname === '/view') { res.writeHead(200, { 'Content-Type': 'text/html' }); return res.end(PAGE); }
     if (req.method === 'POST' && url.pathname === '/sub') return await subscribe(res);
     if (req.method === 'POST' && (m = /^\/sub\/([0-9a-f-]{36})$/.exec(url.pathname))) return await startSubscriber(req, res, m[1]);

@@ -29,7 +29,7 @@ const ARTIFACTS = process.env.WHIP_ARTIFACTS || join(HERE, 'artifacts');
 const P = process.env.WHIP_PREFIX || 'pcw0';
 const HTTP_PORT = 18880, UDP_PORT = 18889, WHIP_PORT = 18870, ROOM = 7077;
 const DEV_IP = '10.77.0.1', SFU_IP = '10.77.0.2';
-const FPS = 15, MAX_BACKOFF_S = 4, PEER_TIMEOUT_S = 4;
+const FPS = 15, MAX_BACKOFF_S = 4, PEER_TIMEOUT_S = 4, OUTAGE_MS = 7000;
 const TOKEN = execFileSync('head', ['-c', '16', '/dev/urandom']).toString('hex');
 const WRONG = execFileSync('head', ['-c', '16', '/dev/urandom']).toString('hex');
 const JANUS_LIBS = process.env.JANUS_LIBS || '/usr/lib/x86_64-linux-gnu/janus';
@@ -208,6 +208,8 @@ async function body() {
     const p = s.publish;
     t.check(p.state !== 'publishing' && /401/.test(p.last_error || '') && said === 1,
       'a wrong bearer token is refused (401), logged once, and retried', `${p.failures} attempts, ${said} log line(s): "${(/whip: .*refused the bearer token[^\n]*/.exec(dev.text) || [''])[0].trim()}"`);
+    // The front end's log comes through a pipe: its third line may trail the device's third failure.
+    for (let i = 0; i < 20 && count(front.text, /wrong bearer token → 401/) < 3; i++) await sleep(100);
     t.check(count(front.text, /wrong bearer token → 401/) >= 3 && sfuState().publishers === 0, 'the SFU saw the wrong token and has no publisher', `front end: ${count(front.text, /wrong bearer token → 401/)} refusals`);
     t.check(!dev.text.includes(WRONG) && !JSON.stringify(s).includes(WRONG), 'the (wrong) token is neither logged nor in /api/settings',
       `publish: ${JSON.stringify(p)}`);
@@ -249,7 +251,43 @@ async function body() {
   t.info(`the publication's link: ${JSON.stringify(link)}`);
   t.check(!!link && link.rung === 'main', 'the publication reports its link to the ladder like a viewer (whipN in links, main rung)', JSON.stringify(link));
 
-  // 3. kill the SFU and bring it back: the device republishes by itself; the local viewer goes on
+  // 3. the network drops for longer than peer_timeout_s (UDP between the device and the SFU
+  // blocked; HTTP still goes through, as when a Wi-Fi link flaps): the device restarts ICE on the
+  // same resource (PATCH), and the SFU viewer that was watching goes on with the same subscription
+  // — a new publication would be a new feed, and that viewer's picture would stop for good.
+  {
+    const from = device.text.length, fromFront = front.text.length;
+    const uuid = sfuState().whip?.[0];
+    const drop = (op) => {
+      nsx(NS.dev, 'iptables', '-w', op, 'OUTPUT', '-p', 'udp', '-d', SFU_IP, '-j', 'DROP');
+      nsx(NS.dev, 'iptables', '-w', op, 'INPUT', '-p', 'udp', '-s', SFU_IP, '-j', 'DROP');
+    };
+    drop('-I');
+    const tDrop = Date.now();
+    let lostMs = null;
+    try { await logWait(device, /whip: ICE lost/, from, 15000, 'the device to notice ICE lost'); lostMs = Date.now() - tDrop; } catch { /* checked below */ }
+    await sleep(Math.max(0, OUTAGE_MS - (Date.now() - tDrop)));
+    drop('-D');
+    const tUp = Date.now();
+    let restartMs = null;
+    try { await logWait(device, /whip: ICE restarted/, from, 15000, 'the ICE restart'); restartMs = Date.now() - tUp; } catch { /* checked below */ }
+    const f = front.text.slice(fromFront);
+    t.info(`UDP to the SFU dropped for ${OUTAGE_MS / 1000} s: ICE lost after ${lostMs} ms; up again ${restartMs} ms after the network was back; ` +
+      `front end: ${(/PATCH [^\n]*/.exec(f) || ['no PATCH'])[0]}`);
+    t.check(lostMs !== null && restartMs !== null && /PATCH \S+ → 200: ICE restart/.test(f) && count(f, /POST → 201/) === 0,
+      'after a network outage the device restarts ICE on the same resource (PATCH → 200, no new POST)',
+      `ICE lost after ${lostMs} ms (peer_timeout_s ${PEER_TIMEOUT_S}); back ${restartMs} ms after the network; ${count(f, /POST → 201/)} new publications`);
+    // From 1 s after the restart: the first frame shown on resuming can be the one that was
+    // incomplete when the network dropped (completed by a retransmission), 7 s old.
+    await sleep(1000);
+    const probe = await probeFor(sfu, 3000);
+    checkFrames(t, 'the same SFU viewer after the ICE restart (its subscription kept)', probe, { fps: FPS, minRatio: 0.6, maxLatencyMs: 1500 });
+    const st = settings().publish;
+    t.check(st.state === 'publishing' && st.ice_restarts === 1 && st.reconnects === 0 && sfuState().whip?.[0] === uuid,
+      '/api/settings counts the ICE restart (ice_restarts 1, reconnects 0), the SFU keeps the resource', JSON.stringify(st));
+  }
+
+  // 4. kill the SFU and bring it back: the device republishes by itself; the local viewer goes on
   const before = settings();
   const from = device.text.length;
   const localProbe = probeFor(local.page, 14000);
@@ -284,17 +322,19 @@ async function body() {
     'one encoder throughout (local viewer + SFU share the encode)',
     `main rung started ${mainStarts}×; encoders_started ${before.video.encoders_started} → ${after.video.encoders_started}, ${encoded} frames encoded in ~${seconds.toFixed(1)} s (${FPS} fps), low rung frames ${before.video.low_rung_frames} → ${after.video.low_rung_frames}`);
   t.check(after.publish.state === 'publishing' && after.publish.reconnects === 1, '/api/settings shows the publication back (reconnects 1)', JSON.stringify(after.publish));
+  t.check(/whip: ICE lost/.test(device.text.slice(from)) && /PATCH \S+ → 404/.test(front.text),
+    'a server that lost its state answers the ICE restart 404, and the device publishes anew', (/whip: lost the publication[^\n]*/.exec(device.text.slice(from)) || [''])[0].trim());
   t.check(count(device.text.slice(from), /whip: .*(503|cannot reach)/) <= 2, 'the outage is logged once, not at every attempt',
     `${count(device.text.slice(from), /whip: /)} whip lines since the kill`);
 
-  // 4. a new SFU viewer after the restart
+  // 5. a new SFU viewer after the restart
   await sfu.reload();
   await sfuViewer(sfu);
   await installProbe(sfu);
   const probe2 = await probeFor(sfu, 3000);
   checkFrames(t, 'SFU viewer after the SFU restart', probe2, { fps: FPS, minRatio: 0.6, maxLatencyMs: 1500 });
 
-  // 5. SIGTERM: the device DELETEs its resource
+  // 6. SIGTERM: the device DELETEs its resource
   const fromFront = front.text.length;
   const tStop = Date.now();
   await device.stop('SIGTERM');

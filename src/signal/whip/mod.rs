@@ -8,28 +8,35 @@
 //! 2. `201 Created` → the `Location` (resolved against the URL: it may be relative) and the SDP
 //!    answer; `307`/`308` are followed (3 at most); anything else is an error that says what;
 //! 3. ICE + DTLS must come up within [`CONNECT_TIMEOUT`];
-//! 4. while it lasts the publication is a hub reader like any viewer; when it fails (the server
-//!    went away: ICE consent lost within `[webrtc] peer_timeout_s`) the resource is `DELETE`d
-//!    (best effort) and a new one is made after a capped exponential backoff with jitter (1 s
-//!    doubling to `max_backoff_s`; reset by a publication that came up). The same failure again
-//!    is logged once, not at every attempt.
+//! 4. while it lasts the publication is a hub reader like any viewer;
+//! 5. when ICE loses the server (no consent within `[webrtc] peer_timeout_s`: the network
+//!    dropped, the device's address changed) the device first tries an **ICE restart** on the
+//!    same resource (RFC 9725 §4.4.1): a new offer with fresh credentials and candidates, sent as
+//!    an ICE fragment in a `PATCH` with `If-Match: "*"`; the server's `200` fragment gives its new
+//!    credentials, and ICE comes back under the same DTLS session, so the server's viewers keep
+//!    their subscription. While the server cannot be reached the restart is retried (backoff)
+//!    for [`RESTART_WINDOW`];
+//! 6. a server that cannot restart (`405`/`501`: remembered, not asked again), forgot the
+//!    resource (`404`: it restarted), or any other failure → the resource is `DELETE`d (best
+//!    effort) and a new one is made after a capped exponential backoff with jitter (1 s doubling
+//!    to `max_backoff_s`; reset by a publication that came up). The same failure again is logged
+//!    once, not at every attempt.
 //!
 //! At shutdown (SIGTERM) the service calls [`WhipHandle::stop`]: the resource is `DELETE`d and
-//! the peer connection closed, bounded in time. Not done: trickle / ICE restart by `PATCH`
-//! (a publication that failed is replaced whole, which also covers a restarted server that lost
-//! its state), the `Link: rel="ice-server"` headers of the endpoint.
+//! the peer connection closed, bounded in time. Not done: trickle ICE (the offer carries every
+//! candidate), the `Link: rel="ice-server"` headers of the endpoint.
 //!
 //! The bearer token is never logged, and neither is the URL's path (some services make a stream
 //! key of it): logs and `/api/settings` name the endpoint by `scheme://host[:port]` only.
 
 pub mod proto;
 
-use crate::rtc::publish::Publication;
+use crate::rtc::publish::{Publication, Trouble};
 use crate::rtc::session::Sessions;
 use crate::signal::peerjs::remote::Backoff;
 use bytes::Bytes;
 use http_body_util::{BodyExt, Full, Limited};
-use proto::{Endpoint, LogOnce, Posted, Reply, State, WhipError};
+use proto::{Endpoint, LogOnce, Posted, Reply, RestartRefused, State, WhipError};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -46,6 +53,10 @@ const DELETE_TIMEOUT: Duration = Duration::from_secs(2);
 const MAX_REPLY_BYTES: usize = 64 * 1024;
 const MAX_REDIRECTS: usize = 3;
 const FIRST_BACKOFF: Duration = Duration::from_secs(1);
+/// How long ICE restarts are tried while the server cannot be reached, before the publication
+/// is replaced. A server keeps a session whose ICE went quiet for about this long (Janus: its
+/// ICE failure and DTLS timeouts), so later a restart would mostly meet a `404`.
+pub const RESTART_WINDOW: Duration = Duration::from_secs(30);
 
 #[derive(Clone)]
 pub struct WhipSettings {
@@ -81,6 +92,8 @@ struct Status {
     reconnects: u64,
     /// Attempts that failed, in all.
     failures: u64,
+    /// ICE restarts that brought the publication back on the same resource.
+    ice_restarts: u64,
     last_error: Option<String>,
     video: bool,
     audio: bool,
@@ -101,6 +114,7 @@ impl Status {
             "since": self.since_ms,
             "reconnects": self.reconnects,
             "failures": self.failures,
+            "ice_restarts": self.ice_restarts,
             "last_error": self.last_error,
             "video": self.video,
             "audio": self.audio,
@@ -141,6 +155,7 @@ pub fn start(settings: WhipSettings, sessions: Arc<Sessions>) -> Result<WhipHand
         since_ms: unix_ms(),
         reconnects: 0,
         failures: 0,
+        ice_restarts: 0,
         last_error: None,
         video: settings.video,
         audio: settings.audio,
@@ -173,6 +188,8 @@ async fn run(s: WhipSettings, endpoint: Endpoint, sessions: Arc<Sessions>, statu
     let mut backoff = Backoff::new(FIRST_BACKOFF, s.max_backoff);
     let mut quiet = LogOnce::default();
     let mut published_before = false;
+    // Until a server answers 405/501 to a restart.
+    let mut restarts_supported = true;
     loop {
         set(&|st| st.set(State::Connecting));
         let attempt = tokio::select! {
@@ -193,17 +210,57 @@ async fn run(s: WhipSettings, endpoint: Endpoint, sessions: Arc<Sessions>, statu
                 });
                 published_before = true;
                 backoff.reset();
-                let why = tokio::select! {
-                    why = live.publication.ended() => why,
-                    _ = stopped(&mut stop) => {
-                        end(live, &s.token, &origin, "shutting down").await;
-                        set(&|st| st.set(State::Stopped));
-                        return;
-                    }
+                let (why, resource_gone) = loop {
+                    let trouble = tokio::select! {
+                        t = live.publication.trouble() => t,
+                        _ = stopped(&mut stop) => {
+                            end(live, &s.token, &origin, "shutting down").await;
+                            set(&|st| st.set(State::Stopped));
+                            return;
+                        }
+                    };
+                    let Trouble::Ended(why) = trouble else {
+                        if !restarts_supported {
+                            break ("ICE lost the media server (it does not support ICE restarts)".to_string(), false);
+                        }
+                        log::warn!("whip: ICE lost {origin}; restarting ICE on the same resource (PATCH)");
+                        set(&|st| st.set(State::Restarting));
+                        let restarted = tokio::select! {
+                            r = restart_ice(&s, &mut live) => r,
+                            _ = stopped(&mut stop) => {
+                                end(live, &s.token, &origin, "shutting down").await;
+                                set(&|st| st.set(State::Stopped));
+                                return;
+                            }
+                        };
+                        match restarted {
+                            Ok(attempts) => {
+                                log::info!("whip: ICE restarted{}; publishing to {origin} again on the same resource",
+                                    if attempts > 1 { format!(" (at attempt {attempts})") } else { String::new() });
+                                set(&|st| {
+                                    st.set(State::Publishing);
+                                    st.ice_restarts += 1;
+                                });
+                                continue;
+                            }
+                            Err(e) => {
+                                let gone = matches!(e, RestartRefused::Gone { .. });
+                                if matches!(e, RestartRefused::Unsupported { .. }) {
+                                    restarts_supported = false;
+                                }
+                                break (format!("ICE lost; the ICE restart failed: {e}"), gone);
+                            }
+                        }
+                    };
+                    break (why, false);
                 };
                 log::warn!("whip: lost the publication to {origin}: {why}; publishing again");
                 set(&|st| st.last_error = Some(format!("lost: {why}")));
-                end(live, &s.token, &origin, "lost").await;
+                if resource_gone {
+                    live.publication.close().await;
+                } else {
+                    end(live, &s.token, &origin, "lost").await;
+                }
             }
             Err(e) => {
                 let text = e.to_string();
@@ -227,6 +284,47 @@ async fn run(s: WhipSettings, endpoint: Endpoint, sessions: Arc<Sessions>, statu
         }
     }
     set(&|st| st.set(State::Stopped));
+}
+
+/// ICE restart on the same resource (RFC 9725 §4.4.1): a fresh offer's credentials and
+/// candidates in a `PATCH`, the server's in its `200`; ICE must be up again within
+/// [`CONNECT_TIMEOUT`]. A server that cannot be reached is asked again (1, 2, 4 … s) for
+/// [`RESTART_WINDOW`]. Returns the attempts it took.
+async fn restart_ice(s: &WhipSettings, live: &mut Live) -> Result<u32, RestartRefused> {
+    let origin = Endpoint::parse(&live.resource).map(|e| e.origin()).unwrap_or_default();
+    let started = tokio::time::Instant::now();
+    let mut backoff = Backoff::new(FIRST_BACKOFF, s.max_backoff.min(Duration::from_secs(8)));
+    let mut attempts = 0;
+    loop {
+        attempts += 1;
+        // A new offer each time: the addresses may have changed since the last one.
+        let offer = live.publication.restart_offer().await.map_err(|e| RestartRefused::Other(e.into()))?;
+        let fragment = proto::restart_fragment(&offer)
+            .map_err(|why| RestartRefused::Other(WhipError::Rtc(crate::rtc::publish::PublishError::RestartOffer(why))))?;
+        let sent = request_with("PATCH", &live.resource, &s.token, Some((proto::SDPFRAG, fragment)), Some("\"*\"")).await;
+        let reply = match sent {
+            Ok(reply) => reply,
+            Err(e @ (WhipError::Connect { .. } | WhipError::Timeout { .. } | WhipError::Http { .. })) => {
+                let wait = backoff.next(rand::random::<f64>());
+                if started.elapsed() + wait > RESTART_WINDOW {
+                    return Err(RestartRefused::Other(e));
+                }
+                log::debug!("whip: ICE restart: {e}; again in {:.1} s", wait.as_secs_f64());
+                tokio::time::sleep(wait).await;
+                continue;
+            }
+            Err(e) => return Err(RestartRefused::Other(e)),
+        };
+        let ice = proto::restarted(&reply, &origin, &s.token)?;
+        let old = live.publication.remote_sdp().await.ok_or_else(|| {
+            RestartRefused::Other(WhipError::BadAnswer { origin: origin.clone(), why: "no earlier answer to restart from".into() })
+        })?;
+        live.publication
+            .accept_restart(&proto::restarted_answer(&old, &ice), CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| RestartRefused::Other(e.into()))?;
+        return Ok(attempts);
+    }
 }
 
 /// Resolves once the service asked the publisher to stop (the guard `wait_for` returns is not
@@ -305,16 +403,27 @@ impl<T: AsyncRead + AsyncWrite + Unpin + Send> Io for T {}
 
 /// One HTTP/1.1 request on a fresh connection (TLS for `https://`, the system's CA bundle),
 /// bounded in time and in the size of the reply read.
-async fn request(method: &str, url: &str, token: &str, body: Option<String>) -> Result<Reply, WhipError> {
+async fn request(method: &str, url: &str, token: &str, sdp: Option<String>) -> Result<Reply, WhipError> {
+    request_with(method, url, token, sdp.map(|b| ("application/sdp", b)), None).await
+}
+
+/// [`request`] with any body type and an optional `If-Match`.
+async fn request_with(
+    method: &str,
+    url: &str,
+    token: &str,
+    body: Option<(&str, String)>,
+    if_match: Option<&str>,
+) -> Result<Reply, WhipError> {
     let e = Endpoint::parse(url).map_err(|why| WhipError::Connect { origin: "(bad URL)".into(), why })?;
     let origin = e.origin();
-    match tokio::time::timeout(HTTP_TIMEOUT, exchange(&e, method, token, body)).await {
+    match tokio::time::timeout(HTTP_TIMEOUT, exchange(&e, method, token, body, if_match)).await {
         Ok(r) => r,
         Err(_) => Err(WhipError::Timeout { origin, seconds: HTTP_TIMEOUT.as_secs() }),
     }
 }
 
-async fn exchange(e: &Endpoint, method: &str, token: &str, body: Option<String>) -> Result<Reply, WhipError> {
+async fn exchange(e: &Endpoint, method: &str, token: &str, body: Option<(&str, String)>, if_match: Option<&str>) -> Result<Reply, WhipError> {
     let origin = e.origin();
     let connect = |why: String| WhipError::Connect { origin: origin.clone(), why };
     let http = |why: String| WhipError::Http { origin: origin.clone(), why };
@@ -337,10 +446,13 @@ async fn exchange(e: &Endpoint, method: &str, token: &str, body: Option<String>)
     if !token.is_empty() {
         req = req.header(hyper::header::AUTHORIZATION, format!("Bearer {token}"));
     }
-    if body.is_some() {
-        req = req.header(hyper::header::CONTENT_TYPE, "application/sdp").header(hyper::header::ACCEPT, "application/sdp");
+    if let Some((content_type, _)) = &body {
+        req = req.header(hyper::header::CONTENT_TYPE, *content_type).header(hyper::header::ACCEPT, *content_type);
     }
-    let req = req.body(Full::new(Bytes::from(body.unwrap_or_default()))).map_err(|err| http(err.to_string()))?;
+    if let Some(tag) = if_match {
+        req = req.header(hyper::header::IF_MATCH, tag);
+    }
+    let req = req.body(Full::new(Bytes::from(body.map(|(_, b)| b).unwrap_or_default()))).map_err(|err| http(err.to_string()))?;
     let result = async {
         let response = sender.send_request(req).await.map_err(|err| http(err.to_string()))?;
         let header = |name: hyper::header::HeaderName| response.headers().get(name).and_then(|v| v.to_str().ok()).map(str::to_string);

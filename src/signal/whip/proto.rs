@@ -328,6 +328,8 @@ impl LogOnce {
 pub enum State {
     Connecting,
     Publishing,
+    /// ICE lost the server; restarting it on the same resource.
+    Restarting,
     Retrying,
     Stopped,
 }
@@ -337,10 +339,147 @@ impl fmt::Display for State {
         f.write_str(match self {
             State::Connecting => "connecting",
             State::Publishing => "publishing",
+            State::Restarting => "restarting",
             State::Retrying => "retrying",
             State::Stopped => "stopped",
         })
     }
+}
+
+// ICE restart by PATCH (RFC 9725 §4.4.1, fragments as RFC 8840 says).
+
+/// The `Content-Type` of ICE fragments (RFC 8840).
+pub const SDPFRAG: &str = "application/trickle-ice-sdpfrag";
+
+/// The body of the `PATCH` that restarts ICE: the new offer's credentials, its BUNDLE group and
+/// the first media section's `m=`/`mid` with the candidates (every section shares that
+/// transport). `offer` is the whole local offer made with `ice_restart`.
+pub fn restart_fragment(offer: &str) -> Result<String, String> {
+    let lines: Vec<&str> = offer.lines().map(str::trim_end).collect();
+    let value = |prefix: &str| lines.iter().find_map(|l| l.strip_prefix(prefix)).map(str::to_string);
+    let ufrag = value("a=ice-ufrag:").ok_or("the restart offer has no a=ice-ufrag")?;
+    let pwd = value("a=ice-pwd:").ok_or("the restart offer has no a=ice-pwd")?;
+    let first_m = lines.iter().position(|l| l.starts_with("m=")).ok_or("the restart offer has no media section")?;
+    let section_end = lines[first_m + 1..].iter().position(|l| l.starts_with("m=")).map_or(lines.len(), |i| first_m + 1 + i);
+    let section = &lines[first_m..section_end];
+    let mut out = vec![format!("a=ice-ufrag:{ufrag}"), format!("a=ice-pwd:{pwd}")];
+    out.extend(lines.iter().filter(|l| l.starts_with("a=ice-options:") || l.starts_with("a=group:BUNDLE")).map(|l| l.to_string()));
+    out.push(section[0].to_string());
+    out.extend(section.iter().filter(|l| l.starts_with("a=mid:")).map(|l| l.to_string()));
+    // webrtc-rs repeats the candidates in each section; take them once, in order.
+    let mut candidates: Vec<&str> = Vec::new();
+    for l in lines.iter().filter(|l| l.starts_with("a=candidate:")) {
+        if !candidates.contains(l) {
+            candidates.push(l);
+        }
+    }
+    out.extend(candidates.iter().map(|l| l.to_string()));
+    out.push("a=end-of-candidates".into());
+    Ok(out.join("\r\n") + "\r\n")
+}
+
+/// The media server's side of a restarted ICE session: read from its `200` fragment.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct IceAnswer {
+    pub ufrag: String,
+    pub pwd: String,
+    /// Whole `a=candidate:…` lines.
+    pub candidates: Vec<String>,
+}
+
+/// Why the endpoint did not restart ICE.
+#[derive(Debug, thiserror::Error)]
+pub enum RestartRefused {
+    /// `405`/`501`: the server does not do ICE restarts; replace the publication instead.
+    #[error("the WHIP endpoint {origin} does not support ICE restarts ({status})")]
+    Unsupported { origin: String, status: u16 },
+    /// `404`: the server no longer has the resource (it restarted or timed the session out).
+    #[error("the WHIP endpoint {origin} no longer knows the resource (404)")]
+    Gone { origin: String },
+    #[error("{0}")]
+    Other(WhipError),
+}
+
+/// What the reply to the restart `PATCH` means (RFC 9725 §4.4.1: `200` with a fragment).
+pub fn restarted(reply: &Reply, origin: &str, secret: &str) -> Result<IceAnswer, RestartRefused> {
+    let bad = |why: String| RestartRefused::Other(WhipError::BadAnswer { origin: origin.to_string(), why });
+    match reply.status {
+        200 => {
+            let ct = reply.content_type.as_deref().unwrap_or("");
+            if !ct.split(';').next().unwrap_or("").trim().eq_ignore_ascii_case(SDPFRAG) {
+                return Err(bad(format!("ICE restart reply Content-Type {:?}, not {SDPFRAG}", excerpt(ct, secret))));
+            }
+            parse_fragment(&reply.body).map_err(|e| bad(format!("ICE restart reply: {e}")))
+        }
+        405 | 501 => Err(RestartRefused::Unsupported { origin: origin.to_string(), status: reply.status }),
+        404 => Err(RestartRefused::Gone { origin: origin.to_string() }),
+        401 | 403 => Err(RestartRefused::Other(WhipError::Unauthorized { origin: origin.to_string(), status: reply.status })),
+        status => {
+            let reason = if reply.content_type.as_deref().is_some_and(|c| c.starts_with("text/")) { excerpt(&reply.body, secret) } else { String::new() };
+            Err(RestartRefused::Other(WhipError::Refused { origin: origin.to_string(), status, reason: with_name(status, reason) }))
+        }
+    }
+}
+
+/// At most this many candidates are taken from a server's fragment.
+const MAX_CANDIDATES: usize = 64;
+
+/// Credentials (session or media level; the first wins) and candidates of a fragment.
+pub fn parse_fragment(body: &str) -> Result<IceAnswer, String> {
+    let mut ufrag = None;
+    let mut pwd = None;
+    let mut candidates = Vec::new();
+    for line in body.lines().map(str::trim) {
+        if let Some(v) = line.strip_prefix("a=ice-ufrag:") {
+            ufrag.get_or_insert_with(|| v.to_string());
+        } else if let Some(v) = line.strip_prefix("a=ice-pwd:") {
+            pwd.get_or_insert_with(|| v.to_string());
+        } else if line.starts_with("a=candidate:") && candidates.len() < MAX_CANDIDATES {
+            candidates.push(line.to_string());
+        }
+    }
+    let valid = |s: &str| !s.is_empty() && s.len() <= 256 && s.chars().all(|c| c.is_ascii_graphic());
+    match (ufrag, pwd) {
+        (Some(u), Some(p)) if valid(&u) && valid(&p) => Ok(IceAnswer { ufrag: u, pwd: p, candidates }),
+        (None, _) | (_, None) => Err("no a=ice-ufrag / a=ice-pwd".into()),
+        _ => Err("an a=ice-ufrag / a=ice-pwd that is not a token".into()),
+    }
+}
+
+/// The server's earlier SDP answer with its new ICE credentials and candidates: what the peer
+/// connection takes as the answer to the restart offer (everything else is unchanged). The
+/// candidates go to the first media section, the BUNDLE transport.
+pub fn restarted_answer(old_answer: &str, ice: &IceAnswer) -> String {
+    let mut out: Vec<String> = Vec::new();
+    let mut sections = 0;
+    let mut placed = false;
+    let place = |out: &mut Vec<String>| {
+        out.extend(ice.candidates.iter().cloned());
+        out.push("a=end-of-candidates".into());
+    };
+    for line in old_answer.lines().map(str::trim_end).filter(|l| !l.is_empty()) {
+        if line.starts_with("m=") {
+            if sections == 1 && !placed {
+                place(&mut out);
+                placed = true;
+            }
+            sections += 1;
+        }
+        if line.starts_with("a=candidate:") || line.starts_with("a=end-of-candidates") {
+            continue;
+        }
+        if line.starts_with("a=ice-ufrag:") {
+            out.push(format!("a=ice-ufrag:{}", ice.ufrag));
+        } else if line.starts_with("a=ice-pwd:") {
+            out.push(format!("a=ice-pwd:{}", ice.pwd));
+        } else {
+            out.push(line.to_string());
+        }
+    }
+    if !placed {
+        place(&mut out);
+    }
+    out.join("\r\n") + "\r\n"
 }
 
 #[cfg(test)]
@@ -449,5 +588,82 @@ mod tests {
         assert!(!l.first("status 503"));
         assert_eq!(l.reset(), 1);
         assert!(l.first("status 503"), "after a success it is said again");
+    }
+
+    const OFFER: &str = "v=0\r\no=- 1 2 IN IP4 0.0.0.0\r\ns=-\r\nt=0 0\r\na=fingerprint:sha-256 AA\r\na=group:BUNDLE 0 1\r\na=ice-options:trickle\r\n\
+m=video 9 UDP/TLS/RTP/SAVPF 102\r\nc=IN IP4 0.0.0.0\r\na=setup:actpass\r\na=mid:0\r\na=ice-ufrag:NEWu\r\na=ice-pwd:NEWpassword0123456789\r\n\
+a=rtpmap:102 H264/90000\r\na=candidate:1 1 udp 2130706431 10.77.0.1 18789 typ host\r\na=candidate:2 1 udp 1694498815 203.0.113.9 18789 typ srflx raddr 0.0.0.0 rport 18789\r\na=end-of-candidates\r\n\
+m=audio 9 UDP/TLS/RTP/SAVPF 111\r\nc=IN IP4 0.0.0.0\r\na=mid:1\r\na=ice-ufrag:NEWu\r\na=ice-pwd:NEWpassword0123456789\r\n\
+a=candidate:1 1 udp 2130706431 10.77.0.1 18789 typ host\r\na=candidate:2 1 udp 1694498815 203.0.113.9 18789 typ srflx raddr 0.0.0.0 rport 18789\r\na=end-of-candidates\r\n";
+
+    #[test]
+    fn restart_fragment_carries_credentials_bundle_and_candidates_once() {
+        let f = restart_fragment(OFFER).unwrap();
+        let lines: Vec<&str> = f.lines().collect();
+        assert_eq!(
+            lines,
+            [
+                "a=ice-ufrag:NEWu",
+                "a=ice-pwd:NEWpassword0123456789",
+                "a=group:BUNDLE 0 1",
+                "a=ice-options:trickle",
+                "m=video 9 UDP/TLS/RTP/SAVPF 102",
+                "a=mid:0",
+                "a=candidate:1 1 udp 2130706431 10.77.0.1 18789 typ host",
+                "a=candidate:2 1 udp 1694498815 203.0.113.9 18789 typ srflx raddr 0.0.0.0 rport 18789",
+                "a=end-of-candidates",
+            ]
+        );
+        assert!(f.ends_with("\r\n") && !f.contains("fingerprint"), "ICE only, CRLF lines");
+        assert!(restart_fragment("v=0\r\nm=video 9 X 1\r\n").unwrap_err().contains("ice-ufrag"));
+        assert!(restart_fragment("v=0\r\na=ice-ufrag:a\r\na=ice-pwd:b\r\n").unwrap_err().contains("media"));
+    }
+
+    fn frag_reply(status: u16, ct: &str, body: &str) -> Reply {
+        Reply { status, content_type: Some(ct.into()), location: None, body: body.into() }
+    }
+
+    #[test]
+    fn restart_replies_mean_what_rfc_9725_says() {
+        let body = "a=ice-ufrag:srv1\r\na=ice-pwd:serverpassword0123\r\na=group:BUNDLE 0 1\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=mid:0\r\n\
+a=candidate:7 1 udp 2015363327 10.77.0.2 40000 typ host\r\na=end-of-candidates\r\n";
+        let ice = restarted(&frag_reply(200, "application/trickle-ice-sdpfrag", body), "http://sfu", "").unwrap();
+        assert_eq!(ice.ufrag, "srv1");
+        assert_eq!(ice.pwd, "serverpassword0123");
+        assert_eq!(ice.candidates, ["a=candidate:7 1 udp 2015363327 10.77.0.2 40000 typ host"]);
+        assert!(matches!(restarted(&frag_reply(405, "text/plain", ""), "o", ""), Err(RestartRefused::Unsupported { status: 405, .. })));
+        assert!(matches!(restarted(&frag_reply(501, "text/plain", ""), "o", ""), Err(RestartRefused::Unsupported { status: 501, .. })));
+        assert!(matches!(restarted(&frag_reply(404, "text/plain", ""), "o", ""), Err(RestartRefused::Gone { .. })));
+        assert!(matches!(restarted(&frag_reply(401, "text/plain", ""), "o", ""), Err(RestartRefused::Other(WhipError::Unauthorized { .. }))));
+        let e = restarted(&frag_reply(200, "application/sdp", body), "http://sfu", "").unwrap_err().to_string();
+        assert!(e.contains("not application/trickle-ice-sdpfrag"), "{e}");
+        let e = restarted(&frag_reply(200, SDPFRAG, "a=mid:0\r\n"), "http://sfu", "").unwrap_err().to_string();
+        assert!(e.contains("no a=ice-ufrag"), "{e}");
+        let e = restarted(&frag_reply(200, SDPFRAG, "a=ice-ufrag:a b\r\na=ice-pwd:x\r\n"), "http://sfu", "").unwrap_err().to_string();
+        assert!(e.contains("not a token"), "{e}");
+        let e = restarted(&frag_reply(412, "text/plain", "tok-1 mismatch"), "http://sfu", "tok-1").unwrap_err().to_string();
+        assert!(e.contains("412") && e.contains("(token) mismatch") && !e.contains("tok-1"), "{e}");
+        let many: String = (0..100).map(|i| format!("a=candidate:{i} 1 udp 1 10.0.0.1 {i} typ host\r\n")).collect();
+        let ice = parse_fragment(&format!("a=ice-ufrag:u\r\na=ice-pwd:p\r\n{many}")).unwrap();
+        assert_eq!(ice.candidates.len(), MAX_CANDIDATES, "a server's list is bounded");
+    }
+
+    #[test]
+    fn restarted_answer_swaps_credentials_and_candidates_only() {
+        let old = "v=0\r\ns=-\r\na=group:BUNDLE 0 1\r\nm=video 9 UDP/TLS/RTP/SAVPF 102\r\na=mid:0\r\na=ice-ufrag:old1\r\na=ice-pwd:oldpwd\r\n\
+a=fingerprint:sha-256 BB\r\na=candidate:1 1 udp 1 10.77.0.2 30000 typ host\r\na=end-of-candidates\r\nm=audio 9 UDP/TLS/RTP/SAVPF 111\r\na=mid:1\r\n\
+a=ice-ufrag:old1\r\na=ice-pwd:oldpwd\r\na=candidate:1 1 udp 1 10.77.0.2 30000 typ host\r\n";
+        let ice = IceAnswer { ufrag: "new1".into(), pwd: "newpwd".into(), candidates: vec!["a=candidate:9 1 udp 5 10.77.0.2 40000 typ host".into()] };
+        let a = restarted_answer(old, &ice);
+        assert!(!a.contains("old1") && !a.contains("oldpwd") && !a.contains("30000"), "{a}");
+        assert_eq!(a.matches("a=ice-ufrag:new1").count(), 2);
+        assert_eq!(a.matches("a=ice-pwd:newpwd").count(), 2);
+        assert_eq!(a.matches("a=candidate:").count(), 1, "the new candidates once, in the BUNDLE section");
+        let video = &a[a.find("m=video").unwrap()..a.find("m=audio").unwrap()];
+        assert!(video.contains("a=candidate:9 1 udp 5 10.77.0.2 40000 typ host\r\na=end-of-candidates"), "{a}");
+        assert!(a.contains("a=fingerprint:sha-256 BB") && a.contains("a=mid:1"), "the rest is unchanged");
+        // One media section only: the candidates go at its end.
+        let one = restarted_answer("v=0\r\nm=video 9 X 102\r\na=ice-ufrag:o\r\na=ice-pwd:p\r\n", &ice);
+        assert!(one.ends_with("typ host\r\na=end-of-candidates\r\n"), "{one}");
     }
 }
