@@ -12,6 +12,7 @@ PEERCAM_HOST_PACKAGES=(
   alsa-utils                            # aplay/arecord for the ALSA file-plugin rig
   mosquitto mosquitto-clients           # the MQTT broker of the events stage (tests/events)
   coturn                                # the TURN/STUN server of the remote-viewing stage (tests/remote)
+  openssl libnss3-tools                 # tests/remote: its test CA (openssl) and a Chromium that trusts it (certutil)
   janus                                 # the SFU (VideoRoom) of the WHIP publishing stage (tests/whip)
   ffmpeg gstreamer1.0-tools gstreamer1.0-plugins-good gstreamer1.0-plugins-bad gstreamer1.0-libav  # RTSP clients and the snapshot decoder of the nvr stage (tests/nvr)
   espeak-ng                             # speech for the cry detector's "not a cry" tests

@@ -57,6 +57,13 @@ enum Command {
         #[arg(long)]
         run_seconds: Option<u64>,
     },
+    /// Write the viewer page (index.html, app.js, style.css, vendor/peerjs.min.js) into DIR, to
+    /// host anywhere (a static site, a file server) for remote viewers: open it as
+    /// …/index.html#device=ID&token=VIEWER_TOKEN&server=wss://PEERSERVER/&key=KEY (docs/remote.md).
+    ExportPage {
+        /// The folder to write into (made if missing; files there are replaced).
+        dir: PathBuf,
+    },
     /// Encode a few seconds of the test pattern and tone, print timings, exit 0 if all worked.
     Selftest {
         /// Frames of video to encode.
@@ -143,6 +150,23 @@ fn libcamera_preload(config: &peercam::config::Config) -> Option<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Some(Command::ExportPage { ref dir }) => {
+            return match peercam::http::export_page(dir) {
+                Ok(files) => {
+                    for f in files {
+                        println!("{}", f.display());
+                    }
+                    eprintln!(
+                        "open it as …/index.html#device=ID&token=VIEWER_TOKEN&server=wss://PEERSERVER/&key=KEY (docs/remote.md)"
+                    );
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("peercam: {e}");
+                    ExitCode::from(2)
+                }
+            };
+        }
         Some(Command::HashPassword) => {
             let result = read_password().and_then(|pw| {
                 if pw.chars().count() < 8 {
@@ -185,7 +209,7 @@ fn main() -> ExitCode {
         return code;
     }
     match cli.command.unwrap_or(Command::Run) {
-        Command::HashPassword | Command::NewToken => unreachable!("handled above"),
+        Command::HashPassword | Command::NewToken | Command::ExportPage { .. } => unreachable!("handled above"),
         Command::Devices { json } => {
             let list = peercam::capture::devices::list();
             if json {

@@ -13,8 +13,31 @@ const statsBtn = $('btn-stats'), fullscreenBtn = $('btn-fullscreen');
 // as soon as it is decoded instead of holding it back to its audio jitter buffer (~30 ms less latency).
 const WHEP_URL = new URL('whep?sync=0', location.href).href;
 // With auth on, open the page as …/#token=SECRET: a fragment is never sent to servers or proxies' logs.
-const TOKEN = new URLSearchParams(location.hash.slice(1)).get('token');
+const HASH = new URLSearchParams(location.hash.slice(1));
+const TOKEN = HASH.get('token');
 let AUTH = TOKEN ? { Authorization: `Bearer ${TOKEN}` } : {};
+
+// Remote mode (docs/remote.md): the same page hosted anywhere (`peercam export-page DIR`), opened as
+// …/#device=ID&token=VIEWER_TOKEN&server=wss://peers.example.org/&key=KEY[&ice=stun:host:3478,…][&ice_user=&ice_credential=].
+// It then calls the device through that external PeerServer with PeerJS (the viewer token goes in
+// the call's metadata) instead of WHEP to its own origin; the control channel is a PeerJS data
+// connection. `server` is the device's `[remote] peerserver`, `key` its `[remote] key`.
+const REMOTE = HASH.get('device') ? remoteOptions(HASH) : null;
+function remoteOptions(h) {
+  let url = null;
+  try { url = new URL(h.get('server') || ''); } catch { /* said below */ }
+  const secure = url?.protocol === 'wss:' || url?.protocol === 'https:';
+  return {
+    device: h.get('device'),
+    token: h.get('token') || '',
+    error: url ? null : 'The link has no valid server= (the PeerServer URL, e.g. wss://peers.example.org/)',
+    peer: url && { host: url.hostname, port: Number(url.port) || (secure ? 443 : 80), path: url.pathname, secure, key: h.get('key') || 'peerjs', debug: 1 },
+    // STUN/TURN URLs (comma-separated, URL-encoded); `ice_user`/`ice_credential` go with the TURN ones
+    // (credentials from the device's GET /api/ice, valid for its turn_ttl_s).
+    ice: (h.get('ice') || '').split(',').map((u) => u.trim()).filter(Boolean).map((urls) => (/^turns?:/.test(urls) && h.get('ice_user')
+      ? { urls, username: h.get('ice_user'), credential: h.get('ice_credential') || '' } : { urls })),
+  };
+}
 
 // A logged-in browser (session cookie) asks the device for a bearer token for its WHEP requests;
 // on a device without a password (loopback only) there is none to get. Not logged in: go log in.
@@ -43,6 +66,8 @@ const peercam = window.peercam = {
   lossOfConnectionCount: 0,  // times an established connection was lost
   attempts: 0,               // WHEP POSTs tried
   session: null,             // WHEP session URL (the Location header)
+  call: null,                // remote mode: the PeerJS MediaConnection
+  remote: null,              // remote mode: { device, server } (see REMOTE)
   timing: {},                // ms since the attempt started: answered, connected, firstFrame
   // The control channel (see "control channel" below).
   channel: null,             // the current RTCDataChannel 'control'
@@ -98,6 +123,7 @@ async function connect() {
   else if (peercam.attempts > 1) setState('reconnecting', 'Reconnecting…');
   const t0 = performance.now();
   const timing = peercam.timing = {};
+  if (REMOTE) return connectRemote(gen, t0, timing);
 
   const iceList = await iceServers();
   if (gen !== generation) return;
@@ -114,27 +140,7 @@ async function connect() {
     if (video.srcObject !== stream) video.srcObject = stream;
     startPlayback();
   };
-  pc.onconnectionstatechange = () => {
-    if (gen !== generation) return;
-    const s = pc.connectionState;
-    clearTimeout(graceTimer);
-    if (s === 'connected') {
-      timing.connected ??= Math.round(performance.now() - t0);
-      retryIndex = 0;
-      liveGeneration = gen;
-      peercam.lastError = null;
-      setState('live', 'Live');
-      watchForStall(pc, gen);
-    } else if (s === 'disconnected') {
-      setState('reconnecting', 'Connection interrupted…');
-      graceTimer = setTimeout(() => gen === generation && lost('Connection lost'), GRACE_MS);
-    } else if (s === 'failed' || s === 'closed') {   // 'closed' here: the device ended DTLS (we never do)
-      lost('Connection failed');
-    }
-  };
-  if (video.requestVideoFrameCallback) {
-    video.requestVideoFrameCallback(() => { if (gen === generation) timing.firstFrame = Math.round(performance.now() - t0); });
-  }
+  watchConnection(pc, gen, t0, timing);
 
   try {
     await pc.setLocalDescription(await pc.createOffer());
@@ -163,6 +169,112 @@ async function connect() {
   } catch (err) {
     if (gen === generation) failed(err);
   }
+}
+
+// Live / interrupted / lost, from the peer connection's state (the WHEP and the remote path alike).
+function watchConnection(pc, gen, t0, timing) {
+  pc.onconnectionstatechange = () => {
+    if (gen !== generation) return;
+    const s = pc.connectionState;
+    clearTimeout(graceTimer);
+    if (s === 'connected') {
+      timing.connected ??= Math.round(performance.now() - t0);
+      retryIndex = 0;
+      liveGeneration = gen;
+      peercam.lastError = null;
+      setState('live', 'Live');
+      watchForStall(pc, gen);
+    } else if (s === 'disconnected') {
+      setState('reconnecting', 'Connection interrupted…');
+      graceTimer = setTimeout(() => gen === generation && lost('Connection lost'), GRACE_MS);
+    } else if (s === 'failed' || s === 'closed') {   // 'closed' here: the device ended DTLS (we never do)
+      lost('Connection failed');
+    }
+  };
+  if (video.requestVideoFrameCallback) {
+    video.requestVideoFrameCallback(() => { if (gen === generation) timing.firstFrame = Math.round(performance.now() - t0); });
+  }
+}
+
+// ---- remote mode: PeerJS through an external PeerServer -----------------------------------------
+
+const remote = { peer: null, opening: null, onError: null };
+
+function loadPeerJs() {
+  if (typeof window.Peer === 'function') return Promise.resolve();
+  return new Promise((resolve, reject) => {
+    const s = document.createElement('script');
+    s.src = new URL('vendor/peerjs.min.js', location.href).href;
+    s.onload = resolve;
+    s.onerror = () => reject(new Error('The PeerJS library (vendor/peerjs.min.js next to this page) did not load'));
+    document.head.append(s);
+  });
+}
+
+// One PeerJS peer (a random ID) on the PeerServer for the page; opened again when it was lost.
+function remotePeer() {
+  if (remote.peer?.open) return Promise.resolve(remote.peer);
+  remote.opening ??= (async () => {
+    await loadPeerJs();
+    if (remote.peer && !remote.peer.destroyed) remote.peer.destroy();
+    const peer = remote.peer = new Peer(undefined, { ...REMOTE.peer, config: { iceServers: REMOTE.ice } });
+    await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error('The PeerServer did not answer')), POST_TIMEOUT_MS);
+      peer.on('open', () => { clearTimeout(timer); resolve(); });
+      peer.on('error', (e) => { clearTimeout(timer); reject(new Error(`PeerServer: ${e.message || e.type}`)); });
+    });
+    peer.on('error', (e) => remote.onError?.(e));   // one listener; the current attempt's handler
+    return peer;
+  })().finally(() => { remote.opening = null; });
+  return remote.opening;
+}
+
+async function connectRemote(gen, t0, timing) {
+  try {
+    if (REMOTE.error) throw new Error(REMOTE.error);
+    const peer = await remotePeer();
+    if (gen !== generation) return;
+    // Nothing to send (talk-back needs the device's own page): the call only receives.
+    const call = peercam.call = peer.call(REMOTE.device, new MediaStream(), {
+      metadata: { token: REMOTE.token },
+      constraints: { offerToReceiveVideo: true, offerToReceiveAudio: true },
+    });
+    const pc = peercam.pc = call?.peerConnection;
+    if (!pc) throw new Error('PeerJS could not start the call');
+    watchConnection(pc, gen, t0, timing);
+    call.on('stream', (stream) => {
+      if (gen !== generation) return;
+      timing.answered ??= Math.round(performance.now() - t0);
+      if (video.srcObject !== stream) video.srcObject = stream;
+      startPlayback();
+    });
+    call.on('close', () => gen === generation && lost('The camera ended the call'));
+    // The device refuses a call without a valid viewer token by leaving it: PeerJS then closes
+    // the peer connection, which fires no event (and a call that never opened emits no 'close').
+    const refused = setInterval(() => {
+      if (gen !== generation || peercam.state === 'live') { clearInterval(refused); return; }
+      if (pc.signalingState === 'closed') {
+        clearInterval(refused);
+        failed(new Error('The camera refused the call: the link\'s token is missing, wrong or revoked'));
+      }
+    }, 200);
+    remote.onError = (e) => {
+      if (gen !== generation) return;
+      failed(new Error(e.type === 'peer-unavailable' ? `The camera “${REMOTE.device}” is not connected to the PeerServer` : `PeerServer: ${e.message || e.type}`));
+    };
+    useControl(remoteChannel(peer.connect(REMOTE.device, { serialization: 'raw', reliable: true, metadata: { token: REMOTE.token } })), gen);
+  } catch (err) {
+    if (gen === generation) failed(err);
+  }
+}
+
+// A PeerJS data connection dressed as the RTCDataChannel the control code expects.
+function remoteChannel(conn) {
+  const ch = { readyState: 'connecting', onopen: null, onclose: null, onmessage: null, send: (s) => conn.send(s), close: () => conn.close() };
+  conn.on('open', () => { ch.readyState = 'open'; ch.onopen?.(); });
+  conn.on('data', (d) => ch.onmessage?.({ data: typeof d === 'string' ? d : JSON.stringify(d) }));
+  conn.on('close', () => { ch.readyState = 'closed'; ch.onclose?.(); });
+  return ch;
 }
 
 // Post the offer once gathering completes, or after `ms` with whatever candidates we have:
@@ -243,6 +355,7 @@ function teardown() {
     pc.close();
     peercam.pc = null;
   }
+  if (peercam.call) { peercam.call.close(); peercam.call = null; }
   if (peercam.session) deleteSession(peercam.session);
   peercam.session = null;
 }
@@ -367,7 +480,11 @@ const pending = new Map();       // request id → { resolve, reject, timer }
 
 // Created before the offer, so the device answers an m=application line: reliable and ordered.
 function openControl(pc, gen) {
-  const ch = peercam.channel = pc.createDataChannel('control', { ordered: true });
+  useControl(pc.createDataChannel('control', { ordered: true }), gen);
+}
+
+function useControl(ch, gen) {
+  peercam.channel = ch;
   peercam.control = 'connecting';
   ch.onopen = () => { if (gen === generation) peercam.control = 'open'; updateTalkUi(); };
   ch.onclose = () => { if (peercam.channel === ch) closeControl(); };
@@ -808,13 +925,13 @@ function updateTalkUi() {
   const other = peercam.talker && peercam.talker !== peercam.viewerId;
   const off = peercam.talkback === false;
   const insecure = !!micUnavailable();   // stays pressable: a press explains what is missing
-  talkBtn.disabled = !insecure && (!!other || off || peercam.control !== 'open');
+  talkBtn.disabled = !!REMOTE || (!insecure && (!!other || off || peercam.control !== 'open'));
   talkBtn.setAttribute('aria-pressed', String(peercam.talking));
   talkBtn.classList.toggle('talking', peercam.talking);
   document.body.classList.toggle('talking', peercam.talking);
   talkLabel.textContent = peercam.talking ? 'Talking…' : talkStarting ? 'Starting…' : other ? 'Someone is talking' : 'Hold to talk';
   talkHint.textContent = peercam.talking ? (latched ? 'tap to stop' : 'release to stop')
-    : insecure ? 'needs HTTPS' : off ? 'no speaker on this camera' : 'tap to lock';
+    : REMOTE ? 'on the camera\'s own page' : insecure ? 'needs HTTPS' : off ? 'no speaker on this camera' : 'tap to lock';
 }
 
 // Hold: talk while pressed. Tap (< 250 ms): stays on; the next press turns it off.
@@ -1129,6 +1246,8 @@ settingsBtn.addEventListener('click', () => {
 });
 chatBtn.addEventListener('click', () => toggleSheet(chatEl, chatBtn));
 recBtn.addEventListener('click', () => { toggleSheet(recEl, recBtn); if (!recEl.hidden) loadRecordings(); });
+// Recordings are files on the device's own web server: not reachable from a page hosted elsewhere.
+if (REMOTE) recBtn.hidden = true;
 updateTalkUi();
 
 // ---- lifecycle -------------------------------------------------------------------------------
@@ -1139,4 +1258,5 @@ addEventListener('pagehide', () => { stopped = true; generation++; clearTimeout(
 addEventListener('pageshow', (e) => { if (e.persisted) connect(); });   // restored from the back/forward cache
 addEventListener('online', () => { if (peercam.state === 'reconnecting' || peercam.state === 'error') connect(); });
 
+if (REMOTE) peercam.remote = { device: REMOTE.device, server: REMOTE.peer && `${REMOTE.peer.host}:${REMOTE.peer.port}${REMOTE.peer.path}` };
 connect();

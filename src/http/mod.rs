@@ -503,6 +503,34 @@ async fn asset(Path(path): Path<String>) -> Response {
     serve_asset(&path)
 }
 
+/// The viewer page's files for hosting anywhere (`peercam export-page`): the page opened as
+/// `…/#device=ID&token=…&server=…` calls the device through an external PeerServer
+/// (docs/remote.md). The login, setup and PeerJS demo pages stay on the device.
+const EXPORTED: [&str; 3] = ["index.html", "app.js", "style.css"];
+
+/// Writes the page and `vendor/peerjs.min.js` (+ its licenses) into `dir` (made if missing);
+/// returns the files written.
+pub fn export_page(dir: &std::path::Path) -> Result<Vec<std::path::PathBuf>, String> {
+    let (js, license) = crate::signal::peerjs::client_library();
+    let mut files: Vec<(String, Vec<u8>)> = Vec::new();
+    for name in EXPORTED {
+        let file = WebAssets::get(name).ok_or_else(|| format!("{name} is not embedded in this build"))?;
+        files.push((name.to_string(), file.data.into_owned()));
+    }
+    files.push(("vendor/peerjs.min.js".into(), js.to_vec()));
+    files.push(("vendor/peerjs.LICENSE.txt".into(), license.to_vec()));
+    let mut written = Vec::new();
+    for (name, data) in files {
+        let path = dir.join(&name);
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent).map_err(|e| format!("cannot create {}: {e}", parent.display()))?;
+        }
+        std::fs::write(&path, data).map_err(|e| format!("cannot write {}: {e}", path.display()))?;
+        written.push(path);
+    }
+    Ok(written)
+}
+
 fn serve_asset(path: &str) -> Response {
     match WebAssets::get(path) {
         Some(file) => {

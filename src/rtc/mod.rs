@@ -175,8 +175,16 @@ impl RtcEngine {
         };
         let turn = ice.mints_turn().then(|| TurnMint {
             secret: ice.turn_secret.0.clone(),
-            urls: ice.turn_urls.iter().map(|u| u.0.clone()).collect(),
+            // UDP TURN only: webrtc-rs 0.17 has no TCP/TLS TURN client (it warns on each such URL, per peer connection)
+            urls: ice.turn_urls.iter().map(|u| u.0.clone()).filter(|u| ice::stun_target(u).is_some()).collect(),
             ttl_s: ice.turn_ttl_s.get() as u64,
+        });
+        let turn = turn.filter(|t| {
+            let udp = !t.urls.is_empty();
+            if !udp {
+                log::info!("ice: turn_urls has no UDP turn: URL; the device gathers no relay candidate of its own (viewers still get every URL from /api/ice)");
+            }
+            udp
         });
         if !ice.turn_secret.0.is_empty() && ice.turn_urls.is_empty() {
             log::warn!("ice: turn_secret is set but turn_urls is empty: no TURN credentials are minted");

@@ -4,7 +4,9 @@ import {
   checkFrames, cpuSeconds, DEFAULT_CONFIG, inbound, remoteCandidate, installProbe, launchBrowser, main, openViewer, probeFor, rtcStats, sleep, startService, waitForLive,
 } from './lib.mjs';
 
-const FPS = 30, SECONDS = 5, VIEWERS = 3;
+// 8 s, not 5: one ~1 s stall of a Chromium window on a busy 2-core machine (seen once: 117 of 149 frames)
+// is not what this test is about, and over 5 s it alone fails the 80 % render check.
+const FPS = 30, SECONDS = 8, VIEWERS = 3;
 // Three windows share one 2-core machine and Chromium decodes and composites in software (--disable-gpu):
 // three 1280x720 streams took Chromium to 167 % CPU in CI and rendered 14 of the 28 fps it decoded. What
 // this test is about (one encode shared by three viewers, each served in full) does not depend on the size,

@@ -2,7 +2,12 @@
 # Remote viewing (issue 16): the device behind a NAT on an external PeerServer (npm `peer`) with
 # Debian's coturn, a Chromium viewer behind a second NAT — five network namespaces this script
 # creates (<prefix>-home, -hgw, -inet, -rgw, -rem) and removes; see remote.mjs for the map.
-#   tests/remote/run.sh [turn direct refuse reconnect relay]      (default: all; needs root)
+#   tests/remote/run.sh [turn direct page refuse reconnect relay tcp tls]      (default: all; needs root)
+# page: the device's page exported (peercam export-page), hosted by python's http.server in inet,
+# opened as …/index.html#device=&token=&server= (remote mode: PeerJS through the PeerServer).
+# tcp: the remote network drops all UDP — TURN over TCP, then over TLS (turns:); tls: the device on a
+# wss:// PeerServer whose certificate a test CA signed (SSL_CERT_FILE), and with another CA (refused).
+# Needs openssl (the test CA) and certutil (libnss3-tools: a Chromium that trusts that CA; installed here).
 # Debug knobs: REMOTE_DEBUG=1 (hop-by-hop UDP counters, conntrack, UDP NoPorts in the relay case),
 # REMOTE_POLICY=relay (the viewer relays only), REMOTE_NOBLOCK=1 (the relay case without the UDP
 # block), REMOTE_RUST_LOG (the device's RUST_LOG, e.g. info,webrtc_ice=trace).
@@ -19,12 +24,16 @@ PEERCAM_BIN="${PEERCAM_BIN:-$ROOT/target/release/peercam}"
 if [ "$(id -u)" != 0 ]; then
   echo "remote: FAIL — needs root (ip netns, veth, iptables); run as root: sudo $0 $*" >&2; exit 2
 fi
-for tool in ip iptables node curl; do
+for tool in ip iptables node curl openssl; do
   command -v "$tool" >/dev/null 2>&1 || { echo "remote: FAIL — $tool not found (scripts/install-deps.sh installs it)" >&2; exit 2; }
 done
 if ! command -v turnserver >/dev/null 2>&1; then
   echo "remote: installing coturn (scripts/apt-install.sh)"
   (cd "$ROOT" && bash -c '. scripts/apt-install.sh && apt_install coturn') || { echo "remote: FAIL — coturn could not be installed"; echo "remote: 0 passed, 1 failed"; exit 2; }
+fi
+if ! command -v certutil >/dev/null 2>&1; then
+  echo "remote: installing libnss3-tools (certutil; scripts/apt-install.sh)"
+  (cd "$ROOT" && bash -c '. scripts/apt-install.sh && apt_install libnss3-tools') || { echo "remote: FAIL — libnss3-tools could not be installed"; echo "remote: 0 passed, 1 failed"; exit 2; }
 fi
 [ -x "${CHROMIUM:-/usr/bin/chromium}" ] || { echo "remote: FAIL — no Chromium at ${CHROMIUM:-/usr/bin/chromium}" >&2; exit 2; }
 [ -f node_modules/peer/package.json ] && [ -f node_modules/playwright-core/package.json ] || npm ci --no-audit --no-fund --loglevel=error

@@ -388,6 +388,53 @@ async fn one_control_channel_per_session_and_a_channel_cap() {
     dev.sessions.close_all().await;
 }
 
+/// PeerJS sends the caller's candidates right behind its OFFER: none may be lost while the
+/// device is still making the answer (they were, when the connection was registered by the
+/// answering task: the `direct` case of tests/remote then stayed relayed now and then).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn peerjs_candidates_right_after_the_offer_are_kept() {
+    use peercam::signal::peerjs::device::{run_with, Connections};
+    use peercam::signal::peerjs::server::Kind;
+    use peercam::signal::peerjs::PeerServer;
+    let dev = device(4).await;
+    let server = PeerServer::new(&dev.cfg.peerjs);
+    let me = server.attach_local(&server.device_id()).unwrap();
+    let mut caller = server.attach_local("caller-2").unwrap();
+    let conns = Connections::default();
+    let pc = viewer_pc().await;
+    let _dc = pc.create_data_channel("dc_early", None).await.unwrap();
+    let sdp = offer(&pc).await;
+    // Queued before the device's peer runs: OFFER and its candidates arrive back to back.
+    caller.send(
+        &server.device_id(),
+        Kind::Offer,
+        json!({"sdp": {"type": "offer", "sdp": sdp}, "type": "data", "connectionId": "dc_early",
+               "label": "dc_early", "serialization": "json", "reliable": true}),
+    );
+    for port in [40001, 40002, 40003] {
+        caller.send(
+            &server.device_id(),
+            Kind::Candidate,
+            json!({"type": "data", "connectionId": "dc_early",
+                   "candidate": {"candidate": format!("candidate:1 1 udp 2130706431 127.0.0.1 {port} typ host"), "sdpMid": "0", "sdpMLineIndex": 0}}),
+        );
+    }
+    tokio::spawn(run_with(me, dev.sessions.clone(), conns.clone()));
+    let reply = tokio::time::timeout(Duration::from_secs(10), caller.recv()).await.expect("an answer").unwrap();
+    assert_eq!(reply.kind, Kind::Answer, "{:?}", reply.payload);
+    assert_eq!(conns.dropped_candidates(), 0, "the candidates sent right after the OFFER were dropped");
+    // A candidate for a connection nobody offered is dropped (and counted).
+    caller.send(&server.device_id(), Kind::Candidate,
+        json!({"type": "data", "connectionId": "nobody", "candidate": {"candidate": "candidate:1 1 udp 1 127.0.0.1 40009 typ host", "sdpMid": "0"}}));
+    let until = Instant::now() + Duration::from_secs(5);
+    while conns.dropped_candidates() == 0 && Instant::now() < until {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(conns.dropped_candidates(), 1, "the stray candidate is counted");
+    let _ = pc.close().await;
+    dev.sessions.close_all().await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peerjs_data_connection_serves_its_label_and_ended_calls_are_forgotten() {
     use peercam::signal::peerjs::device::{run_with, Connections};

@@ -39,11 +39,17 @@ enum Conn {
 /// The device's PeerJS connections by `(remote peer, connectionId)`. An entry goes when its
 /// session ends — however it ends: PeerJS 1.5 closes a call without sending LEAVE.
 #[derive(Clone, Default)]
-pub struct Connections(Arc<Mutex<HashMap<(String, String), Conn>>>);
+pub struct Connections(Arc<Mutex<HashMap<(String, String), Conn>>>, Arc<std::sync::atomic::AtomicUsize>);
 
 impl Connections {
     pub fn len(&self) -> usize {
         lock(&self.0).len()
+    }
+
+    /// Candidates that came for a connection the device does not know (never offered, or
+    /// already ended): dropped.
+    pub fn dropped_candidates(&self) -> usize {
+        self.1.load(std::sync::atomic::Ordering::Relaxed)
     }
 
     pub fn is_empty(&self) -> bool {
@@ -90,8 +96,25 @@ pub async fn run_admitting(mut me: LocalPeer, sessions: Arc<Sessions>, conns: Co
                         }
                     },
                 };
+                let Some(cid) = connection_id(&m.payload) else {
+                    log::info!("peerjs: OFFER from {} without connectionId; ignored", m.src);
+                    continue;
+                };
+                // Registered here, before the answer is made: the caller's candidates follow the
+                // OFFER at once and must find the connection (kept until it is answered).
+                let key = (m.src.clone(), cid.clone());
+                {
+                    let mut c = lock(&conns.0);
+                    if c.len() >= MAX_CONNECTIONS && !c.contains_key(&key) {
+                        drop(c);
+                        log::warn!("peerjs: {MAX_CONNECTIONS} connections open; {cid} from {} refused", m.src);
+                        tx.send(&m.src, Kind::Leave, json!({"connectionId": cid}));
+                        continue;
+                    }
+                    c.insert(key, Conn::Answering(Vec::new()));
+                }
                 let (sessions, tx, conns) = (sessions.clone(), tx.clone(), conns.clone());
-                tokio::spawn(async move { answer(m, sessions, tx, conns, tag).await });
+                tokio::spawn(async move { answer(m, cid, sessions, tx, conns, tag).await });
             }
             Kind::Candidate => candidate(&m, &conns, &sessions).await,
             Kind::Leave | Kind::Expire => {
@@ -131,28 +154,16 @@ fn connection_id(payload: &Value) -> Option<String> {
     payload.get("connectionId").and_then(Value::as_str).map(str::to_string)
 }
 
-async fn answer(m: Incoming, sessions: Arc<Sessions>, tx: LocalSender, conns: Connections, tag: Option<([u8; 32], Admit)>) {
+/// Answers an OFFER whose connection `run_admitting` registered (as `Answering`).
+async fn answer(m: Incoming, cid: String, sessions: Arc<Sessions>, tx: LocalSender, conns: Connections, tag: Option<([u8; 32], Admit)>) {
     let p = &m.payload;
-    let Some(cid) = connection_id(p) else {
-        log::info!("peerjs: OFFER from {} without connectionId; ignored", m.src);
-        return;
-    };
+    let key = (m.src.clone(), cid.clone());
     let kind = p.get("type").and_then(Value::as_str).unwrap_or("media").to_string();
     let Some(sdp) = p.get("sdp").and_then(|s| s.get("sdp")).and_then(Value::as_str).map(str::to_string) else {
+        lock(&conns.0).remove(&key);
         log::info!("peerjs: OFFER {cid} from {} has no sdp; ignored", m.src);
         return;
     };
-    let key = (m.src.clone(), cid.clone());
-    {
-        let mut c = lock(&conns.0);
-        if c.len() >= MAX_CONNECTIONS && !c.contains_key(&key) {
-            drop(c);
-            log::warn!("peerjs: {MAX_CONNECTIONS} connections open; {kind} {cid} from {} refused", m.src);
-            tx.send(&m.src, Kind::Leave, json!({"connectionId": cid}));
-            return;
-        }
-        c.insert(key.clone(), Conn::Answering(Vec::new()));
-    }
     let purpose = if kind == "data" {
         let ser = p.get("serialization").and_then(Value::as_str).unwrap_or("binary");
         let ser: Serialization = ser.parse().unwrap_or_default();
@@ -253,7 +264,11 @@ async fn candidate(m: &Incoming, conns: &Connections, sessions: &Sessions) {
                 return;
             }
             Some(Conn::Ready { session }) => session.clone(),
-            None => return,
+            None => {
+                conns.1.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                log::debug!("peerjs: a candidate from {} for an unknown connection; dropped", m.src);
+                return;
+            }
         }
     };
     if let Err(e) = sessions.add_candidate(&session, init).await {

@@ -582,6 +582,12 @@ async fn peers(State(app): State<PeerJsState>) -> Response {
 static PEERJS_JS: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/peerjs.min.js"));
 static PEERJS_LICENSE: &[u8] = include_bytes!(concat!(env!("OUT_DIR"), "/peerjs.LICENSE.txt"));
 
+/// The PeerJS client library and its licenses, as served under `/vendor/` (also written by
+/// `peercam export-page`).
+pub fn client_library() -> (&'static [u8], &'static [u8]) {
+    (PEERJS_JS, PEERJS_LICENSE)
+}
+
 async fn client_js() -> Response {
     ([(header::CONTENT_TYPE, "text/javascript; charset=utf-8"), (header::CACHE_CONTROL, "no-cache")], PEERJS_JS).into_response()
 }
