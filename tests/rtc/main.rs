@@ -388,19 +388,32 @@ async fn one_control_channel_per_session_and_a_channel_cap() {
     dev.sessions.close_all().await;
 }
 
+/// A device with a PeerServer, the device's own peer (not running yet: `run_with(me, …)`), one
+/// caller attached locally, and the device's PeerJS connection map.
+struct PeerJsRig {
+    dev: Device,
+    server: Arc<peercam::signal::peerjs::PeerServer>,
+    me: peercam::signal::peerjs::LocalPeer,
+    caller: peercam::signal::peerjs::LocalPeer,
+    conns: peercam::signal::peerjs::device::Connections,
+}
+
+async fn peerjs_rig(caller: &str) -> PeerJsRig {
+    let dev = device(4).await;
+    let server = peercam::signal::peerjs::PeerServer::new(&dev.cfg.peerjs);
+    let me = server.attach_local(&server.device_id()).unwrap();
+    let caller = server.attach_local(caller).unwrap();
+    PeerJsRig { dev, server, me, caller, conns: Default::default() }
+}
+
 /// PeerJS sends the caller's candidates right behind its OFFER: none may be lost while the
 /// device is still making the answer (they were, when the connection was registered by the
 /// answering task: the `direct` case of tests/remote then stayed relayed now and then).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peerjs_candidates_right_after_the_offer_are_kept() {
-    use peercam::signal::peerjs::device::{run_with, Connections};
+    use peercam::signal::peerjs::device::run_with;
     use peercam::signal::peerjs::server::Kind;
-    use peercam::signal::peerjs::PeerServer;
-    let dev = device(4).await;
-    let server = PeerServer::new(&dev.cfg.peerjs);
-    let me = server.attach_local(&server.device_id()).unwrap();
-    let mut caller = server.attach_local("caller-2").unwrap();
-    let conns = Connections::default();
+    let PeerJsRig { dev, server, me, mut caller, conns } = peerjs_rig("caller-2").await;
     let pc = viewer_pc().await;
     let _dc = pc.create_data_channel("dc_early", None).await.unwrap();
     let sdp = offer(&pc).await;
@@ -437,14 +450,9 @@ async fn peerjs_candidates_right_after_the_offer_are_kept() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn peerjs_data_connection_serves_its_label_and_ended_calls_are_forgotten() {
-    use peercam::signal::peerjs::device::{run_with, Connections};
+    use peercam::signal::peerjs::device::run_with;
     use peercam::signal::peerjs::server::Kind;
-    use peercam::signal::peerjs::PeerServer;
-    let dev = device(4).await;
-    let server = PeerServer::new(&dev.cfg.peerjs);
-    let me = server.attach_local(&server.device_id()).unwrap();
-    let mut caller = server.attach_local("caller-1").unwrap();
-    let conns = Connections::default();
+    let PeerJsRig { dev, server, me, mut caller, conns } = peerjs_rig("caller-1").await;
     tokio::spawn(run_with(me, dev.sessions.clone(), conns.clone()));
 
     let pc = viewer_pc().await;
