@@ -173,18 +173,16 @@ impl RtcEngine {
         } else {
             None
         };
-        let turn = ice.mints_turn().then(|| TurnMint {
+        // UDP TURN only for the device itself: webrtc-rs 0.17 has no TCP/TLS TURN client (it warns
+        // on each such URL, per peer connection). Viewers still get every URL from /api/ice.
+        let udp_turn: Vec<String> = ice.turn_urls.iter().map(|u| u.0.clone()).filter(|u| ice::stun_target(u).is_some()).collect();
+        if ice.mints_turn() && udp_turn.is_empty() {
+            log::info!("ice: turn_urls has no UDP turn: URL; the device gathers no relay candidate of its own (viewers still get every URL from /api/ice)");
+        }
+        let turn = (ice.mints_turn() && !udp_turn.is_empty()).then(|| TurnMint {
             secret: ice.turn_secret.0.clone(),
-            // UDP TURN only: webrtc-rs 0.17 has no TCP/TLS TURN client (it warns on each such URL, per peer connection)
-            urls: ice.turn_urls.iter().map(|u| u.0.clone()).filter(|u| ice::stun_target(u).is_some()).collect(),
+            urls: udp_turn,
             ttl_s: ice.turn_ttl_s.get() as u64,
-        });
-        let turn = turn.filter(|t| {
-            let udp = !t.urls.is_empty();
-            if !udp {
-                log::info!("ice: turn_urls has no UDP turn: URL; the device gathers no relay candidate of its own (viewers still get every URL from /api/ice)");
-            }
-            udp
         });
         if !ice.turn_secret.0.is_empty() && ice.turn_urls.is_empty() {
             log::warn!("ice: turn_secret is set but turn_urls is empty: no TURN credentials are minted");

@@ -296,12 +296,6 @@ impl Publication {
         }
     }
 
-    /// Resolves when the publication has ended by itself; says why.
-    pub async fn ended(&mut self) -> String {
-        let _ = self.phase.wait_for(|p| *p == Phase::Ended).await;
-        self.reason()
-    }
-
     /// Resolves when ICE lost the server or the publication ended.
     pub async fn trouble(&mut self) -> Trouble {
         let ended = tokio::select! {

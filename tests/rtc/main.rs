@@ -406,6 +406,16 @@ async fn peerjs_rig(caller: &str) -> PeerJsRig {
     PeerJsRig { dev, server, me, caller, conns: Default::default() }
 }
 
+/// The caller's PeerJS OFFER of a data connection labelled (and identified) `label`, JSON serialization.
+fn offer_data_connection(caller: &peercam::signal::peerjs::LocalPeer, server: &peercam::signal::peerjs::PeerServer, label: &str, sdp: String) {
+    caller.send(
+        &server.device_id(),
+        peercam::signal::peerjs::Kind::Offer,
+        json!({"sdp": {"type": "offer", "sdp": sdp}, "type": "data", "connectionId": label,
+               "label": label, "serialization": "json", "reliable": true}),
+    );
+}
+
 /// PeerJS sends the caller's candidates right behind its OFFER: none may be lost while the
 /// device is still making the answer (they were, when the connection was registered by the
 /// answering task: the `direct` case of tests/remote then stayed relayed now and then).
@@ -418,12 +428,7 @@ async fn peerjs_candidates_right_after_the_offer_are_kept() {
     let _dc = pc.create_data_channel("dc_early", None).await.unwrap();
     let sdp = offer(&pc).await;
     // Queued before the device's peer runs: OFFER and its candidates arrive back to back.
-    caller.send(
-        &server.device_id(),
-        Kind::Offer,
-        json!({"sdp": {"type": "offer", "sdp": sdp}, "type": "data", "connectionId": "dc_early",
-               "label": "dc_early", "serialization": "json", "reliable": true}),
-    );
+    offer_data_connection(&caller, &server, "dc_early", sdp);
     for port in [40001, 40002, 40003] {
         caller.send(
             &server.device_id(),
@@ -460,12 +465,7 @@ async fn peerjs_data_connection_serves_its_label_and_ended_calls_are_forgotten()
     let stray = pc.create_data_channel("not-the-label", None).await.unwrap();
     let mut rx = messages(&dc);
     let sdp = offer(&pc).await;
-    caller.send(
-        &server.device_id(),
-        Kind::Offer,
-        json!({"sdp": {"type": "offer", "sdp": sdp}, "type": "data", "connectionId": "dc_test",
-               "label": "dc_test", "serialization": "json", "reliable": true}),
-    );
+    offer_data_connection(&caller, &server, "dc_test", sdp);
     let reply = tokio::time::timeout(Duration::from_secs(10), caller.recv()).await.expect("an answer").unwrap();
     assert_eq!(reply.kind, Kind::Answer, "{:?}", reply.payload);
     answer(&pc, reply.payload["sdp"]["sdp"].as_str().unwrap().to_string()).await;
