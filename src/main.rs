@@ -259,7 +259,14 @@ fn main() -> ExitCode {
         },
         Command::Run => {
             peercam::service::init_logging(config.log.level.to_filter());
-            let runtime = match tokio::runtime::Runtime::new() {
+            // Blocking work (password hashing, JPEG stills, listing devices, joining a recording's
+            // writer) is short and capped by the request limits; 32 threads, not tokio's 512, is
+            // what a Pi Zero's 512 MB can afford if a burst of requests ever arrives at once.
+            let runtime = match tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .max_blocking_threads(32)
+                .build()
+            {
                 Ok(r) => r,
                 Err(e) => {
                     eprintln!("peercam: cannot start the async runtime: {e}");

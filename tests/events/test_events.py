@@ -134,6 +134,10 @@ class Microphone:
             ahead = t0 + n * CHUNK / RATE - time.monotonic() - 0.05
             if ahead > 0:
                 time.sleep(ahead)
+            elif ahead < -0.1:
+                # Behind (the service did not read for a while): go on from now like a real
+                # microphone that overran, rather than writing the missed time in a burst.
+                t0, n = time.monotonic(), 0
 
 
 # ---- helpers --------------------------------------------------------------------------------------
@@ -353,11 +357,16 @@ def phases(c: Checker, svc, mic: Microphone, watch: MqttWatch, token: str, resta
             f"{all_ev.status} {all_ev.content_type}")
     levels = wait_for(lambda: len(all_ev.named("sound_level")) >= 8, 6) and all_ev.named("sound_level")
     if levels:
-        ids = [e[0] for e in levels]
-        span = levels[-1][3] - levels[0][3]
-        rate = (len(levels) - 1) / span if span > 0 else 0
+        # The rate over a 4 s window after the first levels: levels follow the audio's clock, and
+        # audio the service read late (a stall under load, up to the FIFO's 0.7 s) comes in a
+        # burst — 8 levels in 2 ms once in CI. A window this long holds a burst to ~+0.7/s.
+        t_from = time.time()
+        time.sleep(4)
+        window = [e for e in all_ev.named("sound_level") if e[3] >= t_from]
+        rate = len(window) / 4
+        ids = [e[0] for e in all_ev.named("sound_level")]
         c.check("sound_level a few times a second, each with an increasing id", 2.5 <= rate <= 6 and ids == sorted(ids) and ids[0] > 0,
-                f"{rate:.1f}/s, ids {ids[:3]}…")
+                f"{rate:.2f}/s over 4 s, ids {ids[:3]}…")
         c.check("silence reads low", all(e[2]["level_db"] < -60 for e in levels[2:]), f"{[e[2]['level_db'] for e in levels[:5]]}")
     else:
         c.check("sound_level events arrive", False, f"{len(all_ev.events)} events: {svc.log_tail(15)}")

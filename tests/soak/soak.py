@@ -18,8 +18,9 @@ Sampled every SOAK_SAMPLE_S (15 s): the service's RSS, open file descriptors, th
 of /api/settings). Judged on one-minute means (a single reading swings with the churn: 5 to 13
 live sessions, the allocator giving memory back in steps): after the warm-up (SOAK_WARMUP_S: 60 s
 in short runs, 300 s from 10 min up) the minute means of RSS and of fds without the client
-connections stay within +-10 % of their median, threads at most 10 % above theirs (threads made on
-demand dip below it), and the last third of each is not more than 10 % above the first; after the
+connections stay within +-10 % of their median, threads at most 10 % (or THREAD_SLACK = 2 threads,
+whichever is more) above theirs (threads made on demand dip below it), and the last third of each is
+not more than 10 % (threads: or 2) above the first; after the
 last client leaves, every session is freed (0 viewers, and the service's log ended every session it
 started) and the fds come back to within 3 of the count before the first client; client failures
 <= 5 %; no panic.
@@ -65,6 +66,10 @@ OUT = Path(os.environ.get("SOAK_OUT", str(HERE / "artifacts")))
 MIN_CLIENTS, MAX_CLIENTS = 4, 8
 LIFE_S = (8.0, 25.0)
 BAND = 0.10
+# Threads are a small count (~13) that tokio's blocking pool moves by one or two as it makes and
+# retires threads on demand: 10 % of 13 is 1.3 threads, so a 3-minute run read 12.8 -> 14.5 as
+# "+13.7 % growth" on a flat service (CI, 2026-12-02). A leak per session would add hundreds.
+THREAD_SLACK = 2
 PORT, UDP_PORT = 18096, 18196
 DEVICE_ID = "peercam"
 SEED = int(os.environ.get("SOAK_SEED", str(int(time.time()))))
@@ -470,12 +475,15 @@ def main() -> int:
         # talk-back speaker thread while someone talks (opened and closed ~130 times in 30 min),
         # the pipeline's threads while anyone watches — so a quiet minute dips below the median
         # (the first 30-min run: 9.5..13 around 12.5), which is not a leak; growth is.
-        ok = (lo >= -BAND or key == "threads") and hi <= BAND and growth <= BAND
+        allowed = max(BAND, THREAD_SLACK / med) if key == "threads" else BAND
+        grow_allowed = max(BAND, THREAD_SLACK / first) if key == "threads" else BAND
+        ok = (lo >= -BAND or key == "threads") and hi <= allowed and growth <= grow_allowed
         verdicts[label] = ok
         shown = (lambda x: f"{x / 1024:.1f} MiB") if key == "rss_kib" else (lambda x: f"{x:.1f}")
         detail = (f"median {shown(med)}, range {shown(min(vals))}..{shown(max(vals))} ({lo * 100:+.1f} % / {hi * 100:+.1f} %), "
                   f"last third vs first {growth * 100:+.1f} %")
-        rule = f"at most +{BAND * 100:.0f} % (dips are threads made on demand)" if key == "threads" else f"within +-{BAND * 100:.0f} %"
+        rule = (f"at most +{BAND * 100:.0f} % or +{THREAD_SLACK} (dips are threads made on demand)" if key == "threads"
+                else f"within +-{BAND * 100:.0f} %")
         c.check(f"{label} flat, {rule} of the median after the warm-up, no growth", ok, detail)
         lines.append(f"| {label} | {shown(med)} | {shown(min(vals))} | {shown(max(vals))} | {lo * 100:+.1f} % / {hi * 100:+.1f} % | {growth * 100:+.1f} % | {'PASS' if ok else 'FAIL'} |")
     start_rss, start_fds, start_threads = result["start"]
@@ -512,7 +520,7 @@ def main() -> int:
           f"`max_viewers = 16`. Clients: {MIN_CLIENTS}-{MAX_CLIENTS} at once (aiortc + a Python PeerJS client), "
           f"each {LIFE_S[0]:g}-{LIFE_S[1]:g} s; a sample every {SAMPLE_S:g} s; warm-up {WARMUP_S:g} s. "
           f"Judged: the mean of the last minute's samples, at every sample after the warm-up, against the "
-          f"median of those means (threads: at most +10 %, as threads made on demand — the talk-back speaker's "
+          f"median of those means (threads: at most +10 % or +{THREAD_SLACK} threads, as threads made on demand — the talk-back speaker's "
           f"while someone talks — dip below it); fds without the clients' TCP connections open at that instant "
           f"(one or two per client: they come and go with the churn, and the drain check below sees any left).",
           "",
