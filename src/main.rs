@@ -56,6 +56,13 @@ enum Command {
         /// Only encode, for this many seconds or until the device fails (vanishing-device test).
         #[arg(long)]
         run_seconds: Option<u64>,
+        /// Encode frames from this V4L2 camera, read in place from its buffers (DMABUF), instead
+        /// of a test pattern (the zero-copy check).
+        #[arg(long)]
+        camera: Option<String>,
+        /// The camera's pixel format for --camera (NV12 or YU12).
+        #[arg(long)]
+        camera_format: Option<String>,
     },
     /// Write the viewer page (index.html, app.js, style.css, vendor/peerjs.min.js) into DIR, to
     /// host anywhere (a static site, a file server) for remote viewers: open it as
@@ -219,13 +226,13 @@ fn main() -> ExitCode {
             }
             ExitCode::SUCCESS
         }
-        Command::EncoderCheck { device, codec, decoder, width, height, fps, run_seconds } => {
+        Command::EncoderCheck { device, codec, decoder, width, height, fps, run_seconds, camera, camera_format } => {
             use peercam::codec::m2m::{self, check};
             let Some(codec) = m2m::Codec::parse(&codec) else {
                 eprintln!("peercam: --codec must be h264 or fwht");
                 return ExitCode::from(2);
             };
-            let args = check::CheckArgs { device, codec, decoder, width, height, fps, run_seconds };
+            let args = check::CheckArgs { device, codec, decoder, width, height, fps, run_seconds, camera, camera_format };
             match check::run(&args) {
                 Ok(report) => {
                     println!("{}", serde_json::to_string_pretty(&report).unwrap_or_default());

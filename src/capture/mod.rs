@@ -13,6 +13,7 @@ pub mod alsa;
 pub mod constraints;
 pub mod convert;
 pub mod devices;
+pub mod dmabuf;
 pub mod libcamera;
 pub mod font;
 pub mod slate;
@@ -40,13 +41,24 @@ pub enum Frame {
 }
 
 /// One raw picture in I420 (planar Y, then U and V at half resolution), tightly packed.
-#[derive(Debug, Clone)]
+#[derive(Debug)]
 pub struct VideoFrame {
     pub width: u32,
     pub height: u32,
     pub data: Vec<u8>,
     /// Wall-clock capture time, microseconds since the Unix epoch.
     pub capture_unix_us: u64,
+    /// The same picture in the camera's own buffer, lent for a hardware encoder to read in
+    /// place (`capture::dmabuf`). Set by the camera after it filled `data`; dropped by anything
+    /// that writes the pixels (`resize`, `planes_mut`: night's greyscale, the slate), so it never
+    /// shows something `data` does not; not cloned (a clone is a copy of `data`).
+    pub dmabuf: Option<std::sync::Arc<dmabuf::DmaBuf>>,
+}
+
+impl Clone for VideoFrame {
+    fn clone(&self) -> Self {
+        Self { width: self.width, height: self.height, data: self.data.clone(), capture_unix_us: self.capture_unix_us, dmabuf: None }
+    }
 }
 
 /// One H.264 access unit (Annex-B) as the camera delivered it.
@@ -84,13 +96,20 @@ impl Frame {
     pub fn i420_mut(&mut self) -> &mut VideoFrame {
         if let Frame::H264(h) = self {
             let data = std::mem::take(&mut h.data);
-            let mut f = VideoFrame { width: 0, height: 0, data, capture_unix_us: h.capture_unix_us };
+            let mut f = VideoFrame { width: 0, height: 0, data, capture_unix_us: h.capture_unix_us, dmabuf: None };
             f.resize(h.width.max(2), h.height.max(2));
             *self = Frame::I420(f);
         }
         match self {
             Frame::I420(f) => f,
             Frame::H264(_) => unreachable!("made I420 above"),
+        }
+    }
+
+    /// Lets the camera have its buffer back (a frame that waits to be reused must not hold it).
+    pub fn release_camera_buffer(&mut self) {
+        if let Frame::I420(f) = self {
+            f.dmabuf = None;
         }
     }
 
@@ -147,11 +166,13 @@ impl VideoFrame {
             height,
             data: vec![0; w * h + 2 * (w / 2) * (h / 2)],
             capture_unix_us: 0,
+            dmabuf: None,
         }
     }
 
     /// Makes the buffer fit `width`×`height` of I420, reusing its allocation where it can.
     pub fn resize(&mut self, width: u32, height: u32) {
+        self.dmabuf = None;
         let (w, h) = (width as usize, height as usize);
         self.width = width;
         self.height = height;
@@ -159,6 +180,7 @@ impl VideoFrame {
     }
 
     pub fn planes_mut(&mut self) -> (&mut [u8], &mut [u8], &mut [u8]) {
+        self.dmabuf = None;
         let (w, h) = (self.width as usize, self.height as usize);
         let (y, uv) = self.data.split_at_mut(w * h);
         let (u, v) = uv.split_at_mut((w / 2) * (h / 2));
@@ -228,6 +250,20 @@ mod downscale_tests {
         let (y, u, v) = out.planes();
         assert!(y.iter().all(|&p| p == 150), "{y:?}");
         assert!(u.iter().all(|&p| p == 60) && v.iter().all(|&p| p == 90));
+        // A frame's camera buffer goes with anything that writes its pixels, and is not cloned.
+        let mut f = VideoFrame::new(64, 48);
+        let lent = || Some(super::dmabuf::DmaBuf::stand_in(super::dmabuf::Layout { fourcc: 0, width: 64, height: 48, bytesperline: 64 }, 4608));
+        f.dmabuf = lent();
+        assert!(f.clone().dmabuf.is_none() && f.dmabuf.is_some());
+        let _ = f.planes_mut();
+        assert!(f.dmabuf.is_none(), "planes_mut (night's greyscale, the slate)");
+        f.dmabuf = lent();
+        f.resize(64, 48);
+        assert!(f.dmabuf.is_none(), "resize (a conversion)");
+        let mut fr = super::Frame::I420(VideoFrame::new(64, 48));
+        fr.i420_mut().dmabuf = lent();
+        fr.release_camera_buffer();
+        assert!(matches!(&fr, super::Frame::I420(v) if v.dmabuf.is_none()));
         // 1280x720 -> 640x360; 642x362 -> 320x180 (even)
         let big = VideoFrame::new(642, 362);
         big.downscale_half_into(&mut out);
@@ -278,6 +314,10 @@ pub trait VideoSource: Send {
     /// The camera's H.264 cannot be passed through (e.g. High profile): the source stops
     /// choosing its H.264 modes and reopens in a format peercam encodes itself.
     fn refuse_h264(&mut self, _why: String) {}
+    /// The encoder imports DMABUFs (a hardware encoder): a camera whose frames it can read in
+    /// place lends its buffers with each frame ([`VideoFrame::dmabuf`]); takes effect when the
+    /// camera is next opened. Sources without such buffers ignore it.
+    fn offer_dmabuf(&mut self) {}
     /// Who sets the bitrate of what this source delivers right now.
     fn rate_control(&self) -> RateControl {
         RateControl::Encoder

@@ -92,6 +92,7 @@ impl TestPattern {
     /// it does) and the counter, clock and code at `index` / `unix_us`.
     pub fn render_box_at(&self, frame: &mut VideoFrame, index: u64, box_step: u64, unix_us: u64) {
         frame.resize(self.width, self.height);
+        frame.dmabuf = None;
         frame.data.copy_from_slice(&self.background);
         frame.capture_unix_us = unix_us;
         let (w, h) = (self.width as usize, self.height as usize);

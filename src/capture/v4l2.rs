@@ -12,6 +12,7 @@ use super::constraints::{
     resolve_video, ControlValue, FourCc, NumConstraint, StrConstraint, VideoConstraints, VideoMode,
 };
 use super::convert::Converter;
+use super::dmabuf::{self, Exported, Layout};
 use super::devices::{self, ControlInfo, VideoDevice};
 use super::{unix_now_us, ApplyError, CaptureError, Frame, Problem, VideoSource};
 use std::collections::BTreeMap;
@@ -86,6 +87,9 @@ struct Open {
     name: (String, String),
     /// A libcamera camera behind libcamera's V4L2 compatibility layer (`capture::libcamera`).
     libcamera: bool,
+    /// The buffers exported as DMABUFs for a hardware encoder, and their picture layout
+    /// (`capture::dmabuf`): only for YU12 / NV12 and only when the pipeline asked.
+    exported: Option<(Exported, Layout)>,
 }
 
 /// What becomes of a dequeued buffer.
@@ -119,6 +123,8 @@ pub struct V4l2Camera {
     /// The camera was closed because nobody watched (not a fault).
     idle_closed: bool,
     idle_off_after: Duration,
+    /// The pipeline's encoder imports DMABUFs (`VideoSource::offer_dmabuf`).
+    export: bool,
 }
 
 /// What `open` found, for logs and `/api/settings`.
@@ -149,6 +155,7 @@ impl V4l2Camera {
             h264_sequence: 0,
             h264_refused: None,
             idle_closed: false,
+            export: false,
             idle_off_after: std::env::var("PEERCAM_CAMERA_IDLE_OFF_MS")
                 .ok()
                 .and_then(|v| v.parse().ok())
@@ -179,7 +186,7 @@ impl V4l2Camera {
 
     fn try_open(&mut self) -> Result<Opened, String> {
         self.next_retry = Instant::now() + RETRY;
-        match open_device(&self.req, self.h264_refused.is_none()) {
+        match open_device(&self.req, self.h264_refused.is_none(), self.export) {
             Ok((open, opened)) => {
                 let m = opened.mode;
                 self.size = (open.conv_size().0, open.conv_size().1, m.fps().round().max(1.0) as u32);
@@ -310,6 +317,18 @@ impl VideoSource for V4l2Camera {
         self.want_idr = true;
     }
 
+    fn offer_dmabuf(&mut self) {
+        if !self.export {
+            self.export = true;
+            let lendable = self.mode.is_some_and(|m| matches!(&m.fourcc.0, b"YU12" | b"NV12"));
+            if lendable && self.open.as_ref().is_some_and(|o| o.exported.is_none()) {
+                // Opened before the encoder was known: open again, this time lending buffers.
+                self.release();
+                self.next_retry = Instant::now();
+            }
+        }
+    }
+
     fn refuse_h264(&mut self, why: String) {
         self.refusal = Some(why);
     }
@@ -328,6 +347,10 @@ impl VideoSource for V4l2Camera {
     }
 
     fn next_frame(&mut self, frame: &mut Frame) -> Result<(), CaptureError> {
+        if let Frame::I420(f) = frame {
+            // This frame's camera buffer (if it had one) is no longer this frame's picture.
+            f.dmabuf = None;
+        }
         self.serve_link();
         if self.open.is_none() {
             if Instant::now() < self.next_retry {
@@ -353,8 +376,19 @@ impl VideoSource for V4l2Camera {
         }
         loop {
             let open = self.open.as_mut().expect("opened above");
+            if let Some((exported, _)) = &open.exported {
+                // Lent buffers every holder has dropped go back to the driver.
+                let back: Vec<usize> = exported.returned(|i| open.stream.is_held(i)).collect();
+                for i in back {
+                    if let Err(e) = open.stream.give_back(i) {
+                        log::debug!("{}: giving back buffer {i}: {e}", self.label);
+                    }
+                }
+            }
             let h264_sequence = &mut self.h264_sequence;
+            let mut filled = (0usize, 0usize);
             let result = open.stream.next().map(|(buf, meta)| {
+                filled = (buf.len(), meta.bytesused as usize);
                 let used = (meta.bytesused as usize).min(buf.len());
                 let error = meta.flags.contains(v4l::buffer::Flags::ERROR) || used == 0;
                 let ts = (meta.timestamp.sec as i64) * 1_000_000 + meta.timestamp.usec as i64;
@@ -387,7 +421,16 @@ impl VideoSource for V4l2Camera {
                     open.bad_frames = 0;
                     let t = capture_time_us(ts);
                     match frame {
-                        Frame::I420(f) => f.capture_unix_us = t,
+                        Frame::I420(f) => {
+                            f.capture_unix_us = t;
+                            if let Some((exported, layout)) = &open.exported {
+                                let (len, used) = filled;
+                                if let Some(d) = exported.lend(open.stream.index(), open.stream.held_count(), len, used, *layout) {
+                                    open.stream.hold();
+                                    f.dmabuf = Some(d);
+                                }
+                            }
+                        }
                         Frame::H264(u) => u.capture_unix_us = t,
                     }
                     return Ok(());
@@ -521,7 +564,7 @@ fn capture_time_us(mono_us: i64) -> u64 {
 }
 
 /// Resolves the request over the cameras present and opens the winner.
-fn open_device(req: &CameraRequest, allow_h264: bool) -> Result<(Open, Opened), String> {
+fn open_device(req: &CameraRequest, allow_h264: bool, export: bool) -> Result<(Open, Opened), String> {
     let cams = devices::list_video();
     if cams.is_empty() {
         return Err(not_found_message(req));
@@ -537,6 +580,9 @@ fn open_device(req: &CameraRequest, allow_h264: bool) -> Result<(Open, Opened), 
     fmt.width = mode.width;
     fmt.height = mode.height;
     fmt.fourcc = v4l::FourCC::new(&mode.fourcc.0);
+    // The driver's own stride for this format: G_FMT's is the last format's (vivid kept YUYV's
+    // 1280 bytes for 640-wide NV12), and drivers that take custom strides would keep it.
+    fmt.stride = 0;
     let fmt = dev.set_format(&fmt).map_err(|e| match e.raw_os_error() {
         Some(libc::EBUSY) => busy_message(&cam.id, &cam.path),
         _ => format!("camera {}: cannot set {mode}: {}", cam.path, describe_io(&e)),
@@ -591,11 +637,29 @@ fn open_device(req: &CameraRequest, allow_h264: bool) -> Result<(Open, Opened), 
             warnings.push(format!("libcamera adjusted {}x{} to {}x{}", mode.width, mode.height, fmt.width, fmt.height));
         }
     }
-    let mut stream = MmapStream::with_buffers(&dev, BufType::VideoCapture, BUFFERS).map_err(|e| match e.raw_os_error() {
+    // Zero-copy into a hardware encoder: a 4:2:0 layout the encoder takes as it is.
+    let layout = (export && matches!(&got.0, b"YU12" | b"NV12")).then(|| Layout {
+        fourcc: u32::from_le_bytes(got.0),
+        width: fmt.width,
+        height: fmt.height,
+        bytesperline: fmt.stride,
+    });
+    let count = if layout.is_some() { dmabuf::EXPORT_BUFFERS } else { BUFFERS };
+    let mut stream = MmapStream::with_buffers(&dev, BufType::VideoCapture, count).map_err(|e| match e.raw_os_error() {
         Some(libc::EBUSY) => busy_message(&cam.id, &cam.path),
         _ => format!("camera {}: cannot map buffers: {}", cam.path, describe_io(&e)),
     })?;
     stream.set_timeout(DEQUEUE_TIMEOUT);
+    let exported = layout.and_then(|l| match Exported::export(dev.handle().fd(), stream.count()) {
+        Ok(e) => {
+            log::info!("camera {}: {} buffers exported as DMABUFs: the hardware encoder reads {} frames in place", cam.path, stream.count(), got);
+            Some((e, l))
+        }
+        Err(e) => {
+            log::info!("camera {}: cannot export its buffers as DMABUFs ({}): frames are copied into the encoder", cam.path, describe_io(&e));
+            None
+        }
+    });
     Ok((
         Open {
             stream,
@@ -609,6 +673,7 @@ fn open_device(req: &CameraRequest, allow_h264: bool) -> Result<(Open, Opened), 
             bitrate,
             name: (cam.id.clone(), cam.path.clone()),
             libcamera: cam.driver == super::libcamera::DRIVER,
+            exported,
         },
         Opened { device: cam, mode: actual, warnings },
     ))

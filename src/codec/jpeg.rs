@@ -139,6 +139,6 @@ mod tests {
             assert_eq!((info.width, info.height), size);
             assert_eq!(pixels.len(), size.0 as usize * size.1 as usize * 3);
         }
-        assert!(encode_i420(&VideoFrame { width: 640, height: 360, data: vec![0; 10], capture_unix_us: 0 }, None).is_err());
+        assert!(encode_i420(&VideoFrame { width: 640, height: 360, data: vec![0; 10], capture_unix_us: 0, dmabuf: None }, None).is_err());
     }
 }

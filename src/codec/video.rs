@@ -58,14 +58,30 @@ pub enum VideoEncoder {
 }
 
 impl VideoEncoder {
-    pub fn open(backend: &Backend, p: H264Params) -> Result<VideoEncoder, String> {
+    /// `camera_fourcc`: the raw format of the camera's own buffers when they come as DMABUFs,
+    /// which a hardware encoder then takes if it can (to read them in place).
+    pub fn open(backend: &Backend, p: H264Params, camera_fourcc: Option<u32>) -> Result<VideoEncoder, String> {
         match backend {
             Backend::OpenH264 => H264Encoder::new(p).map(VideoEncoder::OpenH264),
             Backend::M2m(found) => {
                 let mp = m2m::Params { width: p.width, height: p.height, fps: p.fps, bitrate_bps: p.bitrate_bps, keyframe_interval_frames: p.keyframe_interval_frames };
-                M2mH264Encoder::open(found, mp).map(|e| VideoEncoder::M2m(Box::new(e))).map_err(|e| e.to_string())
+                M2mH264Encoder::open(&found.preferring_raw(camera_fourcc), mp).map(|e| VideoEncoder::M2m(Box::new(e))).map_err(|e| e.to_string())
             }
         }
+    }
+
+    /// A hardware encoder set up for another raw format than the camera's DMABUFs, which it
+    /// could take: opening it again lets it read them in place.
+    pub fn raw_format_differs(&self, camera_fourcc: Option<u32>) -> bool {
+        match (self, camera_fourcc) {
+            (VideoEncoder::M2m(e), Some(c)) => e.raw_fourcc() != c && e.found().raw_fourccs.contains(&c),
+            _ => false,
+        }
+    }
+
+    /// A hardware encoder reading camera DMABUFs in place (no copy) right now.
+    pub fn reads_in_place(&self) -> bool {
+        matches!(self, VideoEncoder::M2m(e) if e.reads_in_place())
     }
 
     pub fn is_hardware(&self) -> bool {

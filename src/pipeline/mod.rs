@@ -82,13 +82,18 @@ pub struct EncoderStatus {
     /// Set when the hardware encoder failed and openh264 took over (the error).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub fallback: Option<String>,
+    /// The hardware encoder reads the camera's frames in place (DMABUF, no copy); v4l2m2m only.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub zero_copy: Option<bool>,
 }
 
 impl EncoderStatus {
     fn of(backend: &Backend) -> Self {
         match backend {
             Backend::OpenH264 => EncoderStatus { name: "openh264", ..Default::default() },
-            Backend::M2m(f) => EncoderStatus { name: "v4l2m2m", device: Some(f.path.clone()), driver: Some(f.driver.clone()), fallback: None },
+            Backend::M2m(f) => {
+                EncoderStatus { name: "v4l2m2m", device: Some(f.path.clone()), driver: Some(f.driver.clone()), fallback: None, zero_copy: Some(false) }
+            }
         }
     }
 }
@@ -302,7 +307,7 @@ impl Pipeline {
         motion_initial.validate().map_err(|e| format!("[motion] {e}"))?;
         let test_pattern_moving = Arc::new(AtomicBool::new(v.test_pattern_motion));
         let test_pattern_dark = Arc::new(AtomicBool::new(false));
-        let (video_source, video_problem) = select_video(v, &test_pattern_moving, &test_pattern_dark);
+        let (mut video_source, video_problem) = select_video(v, &test_pattern_moving, &test_pattern_dark);
         let testsrc = video_source.name() == "testsrc";
         let (audio_source, audio_problem) = select_audio(&config.audio);
         // The main rung's encoder: hardware when asked for or found (a forced one that is
@@ -310,6 +315,10 @@ impl Pipeline {
         let (backend, note) = crate::codec::video::resolve(v.encoder, &v.encoder_device)?;
         log::info!("H.264 encoder: {note}");
         *lock(&stats.encoder) = EncoderStatus::of(&backend);
+        if matches!(backend, Backend::M2m(_)) {
+            // A camera delivering the encoder's layout lends it its buffers (zero-copy).
+            video_source.offer_dmabuf();
+        }
         let (sw, sh, sfps) = video_source.settings();
         let video = VideoSettings {
             source: video_source.name(),
@@ -1009,6 +1018,7 @@ fn video_encode_loop(
     while !stop.load(Ordering::Relaxed) {
         let Some(mut slot) = mailbox.take(IDLE_POLL) else { continue };
         if hub.demand.watchers() == 0 {
+            slot.release_camera_buffer();
             let _ = recycle.send(slot);
             continue;
         }
@@ -1054,6 +1064,9 @@ fn video_encode_loop(
                 }
             }
         }
+        // The camera may refill its buffer once the encoder is done with it (a frame waiting
+        // in the recycle channel must not hold it).
+        frame.dmabuf = None;
         let _ = recycle.send(slot);
     }
 }
@@ -1084,18 +1097,21 @@ impl RungEncoder {
         let mut s = lock(&stats.encoder);
         s.name = "openh264";
         s.fallback = Some(why.to_string());
+        s.zero_copy = None;
     }
 
     /// Encodes `frame` into `stream`; returns the encode time in µs when a unit was published.
     fn encode(&mut self, frame: &VideoFrame, fps: u32, keyframe_interval_frames: u32, bitrate_bps: u32, stream: &crate::hub::Stream, stats: &Stats) -> Option<u64> {
         let wanted = H264Params { width: frame.width, height: frame.height, fps, bitrate_bps, keyframe_interval_frames };
+        let camera_fourcc = frame.dmabuf.as_ref().map(|d| d.fourcc);
         let same_shape = self.encoder.as_ref().is_some_and(|e| {
             let p = e.params();
             (p.width, p.height, p.keyframe_interval_frames) == (wanted.width, wanted.height, wanted.keyframe_interval_frames)
+                && !e.raw_format_differs(camera_fourcc)
         });
         if !same_shape {
             self.encoder = None;
-            match VideoEncoder::open(&self.backend, wanted) {
+            match VideoEncoder::open(&self.backend, wanted, camera_fourcc) {
                 Ok(e) => {
                     stats.encoders_started.fetch_add(1, Ordering::Relaxed);
                     log::info!(
@@ -1129,6 +1145,13 @@ impl RungEncoder {
                 let us = t0.elapsed().as_micros() as u64;
                 if unit.keyframe {
                     self.gate.saw_keyframe(now);
+                }
+                if enc.is_hardware() {
+                    let in_place = Some(enc.reads_in_place());
+                    let mut s = lock(&stats.encoder);
+                    if s.zero_copy != in_place {
+                        s.zero_copy = in_place;
+                    }
                 }
                 self.failing = false;
                 stream.publish(unit);
@@ -1335,7 +1358,7 @@ mod tests {
     /// and `video.encoder` says what happened.
     #[test]
     fn a_failing_hardware_encoder_falls_back_to_openh264_without_losing_the_frame() {
-        let found = crate::codec::m2m::Found { path: "/dev/peercam-vanished-encoder".into(), driver: "bcm2835-codec".into(), card: "x".into(), raw_fourcc: crate::codec::m2m::device::FMT_YU12 };
+        let found = crate::codec::m2m::Found { path: "/dev/peercam-vanished-encoder".into(), driver: "bcm2835-codec".into(), card: "x".into(), raw_fourcc: crate::codec::m2m::device::FMT_YU12, raw_fourccs: vec![crate::codec::m2m::device::FMT_YU12] };
         let backend = Backend::M2m(found);
         let stats = Stats::default();
         *lock(&stats.encoder) = EncoderStatus::of(&backend);

@@ -18,6 +18,7 @@ use v4l::v4l_sys as sys;
 pub const BUF_OUTPUT_MPLANE: u32 = sys::v4l2_buf_type_V4L2_BUF_TYPE_VIDEO_OUTPUT_MPLANE;
 pub const BUF_CAPTURE_MPLANE: u32 = sys::v4l2_buf_type_V4L2_BUF_TYPE_VIDEO_CAPTURE_MPLANE;
 const MEMORY_MMAP: u32 = sys::v4l2_memory_V4L2_MEMORY_MMAP;
+const MEMORY_DMABUF: u32 = sys::v4l2_memory_V4L2_MEMORY_DMABUF;
 /// Planes per buffer we handle (I420 in one plane or three).
 const MAX_PLANES: usize = 3;
 
@@ -88,6 +89,9 @@ pub struct Queue {
     pub format: PlaneFormat,
     buffers: Vec<Buffer>,
     pub streaming: bool,
+    /// `V4L2_MEMORY_MMAP` (our mapped buffers) or `V4L2_MEMORY_DMABUF` (descriptors queued
+    /// from elsewhere: no mapping of ours).
+    memory: u32,
 }
 
 impl Queue {
@@ -99,6 +103,9 @@ impl Queue {
     }
     pub fn queued(&self) -> usize {
         self.buffers.iter().filter(|b| b.queued).count()
+    }
+    pub fn is_dmabuf(&self) -> bool {
+        self.memory == MEMORY_DMABUF
     }
     /// The mapped bytes of plane `p` of buffer `i` (not queued: the device is not using it).
     pub fn plane_mut(&mut self, i: usize, p: usize) -> Option<&mut [u8]> {
@@ -227,7 +234,7 @@ impl Device {
         if rb.count == 0 || rb.count > 32 {
             return Err(M2mError::Unsupported { path: self.path.clone(), why: format!("the driver gave {} buffers (asked for {count})", rb.count) });
         }
-        let mut queue = Queue { kind, format, buffers: Vec::with_capacity(rb.count as usize), streaming: false };
+        let mut queue = Queue { kind, format, buffers: Vec::with_capacity(rb.count as usize), streaming: false, memory: MEMORY_MMAP };
         for index in 0..rb.count {
             // SAFETY: plain C structs.
             let mut planes: [sys::v4l2_plane; MAX_PLANES] = unsafe { std::mem::zeroed() };
@@ -269,6 +276,63 @@ impl Device {
         Ok(())
     }
 
+    /// `VIDIOC_REQBUFS` for `count` DMABUF slots on `kind` (nothing mapped: each `qbuf_dmabuf`
+    /// names the descriptor to read).
+    pub fn setup_dmabuf_queue(&mut self, kind: u32, format: PlaneFormat, count: u32) -> Result<(), M2mError> {
+        self.release_queue(kind);
+        // SAFETY: plain C struct.
+        let mut rb: sys::v4l2_requestbuffers = unsafe { std::mem::zeroed() };
+        rb.count = count;
+        rb.type_ = kind;
+        rb.memory = MEMORY_DMABUF;
+        self.ioctl("VIDIOC_REQBUFS (DMABUF)", vidioc::VIDIOC_REQBUFS, &mut rb)?;
+        if rb.count == 0 || rb.count > 32 {
+            return Err(M2mError::Unsupported { path: self.path.clone(), why: format!("the driver gave {} DMABUF slots (asked for {count})", rb.count) });
+        }
+        let buffers = (0..rb.count).map(|_| Buffer { planes: Vec::new(), queued: false }).collect();
+        let queue = Queue { kind, format, buffers, streaming: false, memory: MEMORY_DMABUF };
+        if kind == BUF_OUTPUT_MPLANE {
+            self.output = Some(queue);
+        } else {
+            self.capture = Some(queue);
+        }
+        Ok(())
+    }
+
+    /// `VIDIOC_QBUF` of DMABUF slot `index`: plane 0 is `fd`, `length` bytes of which
+    /// `bytesused` hold the picture (single-plane layouts only: YU12, NV12).
+    pub fn qbuf_dmabuf(&mut self, kind: u32, index: usize, fd: i32, length: u32, bytesused: u32, timestamp_us: u64) -> Result<(), M2mError> {
+        let path = self.path.clone();
+        let q = self.queue(kind).ok_or_else(|| M2mError::State { path: path.clone(), why: "queue not set up".into() })?;
+        if q.memory != MEMORY_DMABUF || q.format.num_planes != 1 {
+            return Err(M2mError::State { path, why: "not a single-plane DMABUF queue".into() });
+        }
+        match q.buffers.get(index) {
+            None => return Err(M2mError::State { path, why: format!("no buffer {index}") }),
+            Some(b) if b.queued => return Err(M2mError::State { path, why: format!("buffer {index} is already queued") }),
+            Some(_) => {}
+        }
+        // SAFETY: plain C structs.
+        let mut planes: [sys::v4l2_plane; MAX_PLANES] = unsafe { std::mem::zeroed() };
+        planes[0].bytesused = bytesused;
+        planes[0].length = length;
+        planes[0].m.fd = fd;
+        let mut b: sys::v4l2_buffer = unsafe { std::mem::zeroed() };
+        b.index = index as u32;
+        b.type_ = kind;
+        b.memory = MEMORY_DMABUF;
+        b.field = sys::v4l2_field_V4L2_FIELD_NONE;
+        b.timestamp.tv_sec = (timestamp_us / 1_000_000) as _;
+        b.timestamp.tv_usec = (timestamp_us % 1_000_000) as _;
+        b.length = 1;
+        b.m.planes = planes.as_mut_ptr();
+        self.ioctl("VIDIOC_QBUF (DMABUF)", vidioc::VIDIOC_QBUF, &mut b)?;
+        if let Some(buf) = self.queue_mut(kind).and_then(|q| q.buffers.get_mut(index)) {
+            buf.queued = true;
+        }
+        Ok(())
+    }
+
     fn unmap(q: &mut Queue) {
         for b in q.buffers.drain(..) {
             for m in b.planes {
@@ -291,7 +355,7 @@ impl Device {
             // SAFETY: plain C struct.
             let mut rb: sys::v4l2_requestbuffers = unsafe { std::mem::zeroed() };
             rb.type_ = kind;
-            rb.memory = MEMORY_MMAP;
+            rb.memory = q.memory;
             let _ = self.ioctl_raw(vidioc::VIDIOC_REQBUFS, &mut rb);
         }
     }
@@ -344,11 +408,12 @@ impl Device {
         let Some(q) = self.queue(kind) else { return Ok(None) };
         let n = q.format.num_planes;
         let count = q.buffers.len();
+        let memory = q.memory;
         // SAFETY: plain C structs.
         let mut planes: [sys::v4l2_plane; MAX_PLANES] = unsafe { std::mem::zeroed() };
         let mut b: sys::v4l2_buffer = unsafe { std::mem::zeroed() };
         b.type_ = kind;
-        b.memory = MEMORY_MMAP;
+        b.memory = memory;
         b.length = n as u32;
         b.m.planes = planes.as_mut_ptr();
         match self.ioctl_raw(vidioc::VIDIOC_DQBUF, &mut b) {

@@ -122,6 +122,16 @@ impl M2mH264Encoder {
         Ok(Self { enc: M2mEncoder::open(found, Codec::H264, params)?, out: H264Output::new() })
     }
 
+    /// The raw format the device was set up with.
+    pub fn raw_fourcc(&self) -> u32 {
+        self.enc.raw_format().fourcc
+    }
+
+    /// Whether frames are read in place from the camera's DMABUFs right now.
+    pub fn reads_in_place(&self) -> bool {
+        self.enc.reads_in_place()
+    }
+
     pub fn params(&self) -> Params {
         self.enc.params()
     }

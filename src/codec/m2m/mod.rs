@@ -7,16 +7,27 @@
 //! OUTPUT buffer (copied row by row at the driver's stride), the encoded unit comes back on the
 //! CAPTURE queue within [`STALL_TIMEOUT`] or the encoder counts as stalled. Fixed buffer counts
 //! ([`OUTPUT_BUFFERS`], [`CAPTURE_BUFFERS`]); no queue grows.
+//!
+//! Zero-copy: a frame that carries its camera buffer as a DMABUF in the layout the encoder
+//! asked for ([`VideoFrame::dmabuf`], `capture::dmabuf`) is queued by that descriptor
+//! (`V4L2_MEMORY_DMABUF`) instead of copied; the OUTPUT queue switches between the two kinds
+//! of memory (a stream restart: one keyframe) only when the kind of frames changes for good.
 
 pub mod check;
 pub mod device;
 pub mod fwht;
 pub mod h264;
 
+use crate::capture::dmabuf::DmaBuf;
 use crate::capture::VideoFrame;
 use device::{Device, PlaneFormat, BUF_CAPTURE_MPLANE, BUF_OUTPUT_MPLANE};
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 use v4l::v4l_sys as sys;
+
+/// Frames in a row that could be read in place before a copying encoder switches to DMABUF
+/// (a switch restarts the stream: one keyframe; a lone frame is not worth it).
+const IMPORT_AFTER: u32 = 30;
 
 /// Raw frames the device may hold at once.
 pub const OUTPUT_BUFFERS: u32 = 2;
@@ -109,8 +120,23 @@ pub struct Found {
     pub path: String,
     pub driver: String,
     pub card: String,
-    /// The raw format its OUTPUT queue takes that we fill.
+    /// The raw format its OUTPUT queue takes that we fill (the first of [`RAW_FORMATS`] it
+    /// takes, or the camera's: [`Found::preferring_raw`]).
     pub raw_fourcc: u32,
+    /// Every one of [`RAW_FORMATS`] it takes.
+    pub raw_fourccs: Vec<u32>,
+}
+
+impl Found {
+    /// The same device taking `fourcc` as its raw format when it can (a camera delivering
+    /// NV12 is read in place only by an encoder set up for NV12); unchanged otherwise.
+    pub fn preferring_raw(&self, fourcc: Option<u32>) -> Found {
+        let mut f = self.clone();
+        if let Some(c) = fourcc.filter(|c| self.raw_fourccs.contains(c)) {
+            f.raw_fourcc = c;
+        }
+        f
+    }
 }
 
 /// Why a node is not an encoder for `codec` (for the "forced but missing" message).
@@ -130,10 +156,11 @@ fn check_node(path: &str, codec: Codec) -> Result<Found, String> {
         return Err(format!("{path} ({}): makes {} , not {}", caps.driver, list.join(" "), device::fourcc_str(codec.fourcc())));
     }
     let out = dev.formats(BUF_OUTPUT_MPLANE);
-    let Some(raw) = RAW_FORMATS.iter().copied().find(|f| out.contains(f)) else {
+    let raws: Vec<u32> = RAW_FORMATS.iter().copied().filter(|f| out.contains(f)).collect();
+    let Some(&raw) = raws.first() else {
         return Err(format!("{path} ({}): takes none of YU12, YM12, NV12", caps.driver));
     };
-    Ok(Found { path: path.into(), driver: caps.driver, card: caps.card, raw_fourcc: raw })
+    Ok(Found { path: path.into(), driver: caps.driver, card: caps.card, raw_fourcc: raw, raw_fourccs: raws })
 }
 
 /// The first M2M device whose CAPTURE queue makes `codec` and whose OUTPUT queue takes a raw
@@ -215,6 +242,10 @@ pub struct Counters {
     pub bitrate_changes: u64,
     /// Capture buffers the driver marked as failed.
     pub errors: u64,
+    /// Frames the device read in place from the camera's buffer (DMABUF), not copied.
+    pub imported: u64,
+    /// OUTPUT memory switches (copy ⇄ DMABUF).
+    pub memory_switches: u64,
 }
 
 /// A stateful M2M encoder: format negotiation, buffers, controls, keyframes, bitrate, streams.
@@ -231,6 +262,14 @@ pub struct M2mEncoder {
     applied_bps: u32,
     out: Vec<u8>,
     pub counters: Counters,
+    /// DMABUF mode: the camera buffer each OUTPUT slot reads, held until the device hands the
+    /// slot back (the camera must not refill it before).
+    held: Vec<Option<Arc<DmaBuf>>>,
+    /// Importable frames in a row while copying.
+    import_streak: u32,
+    /// The device refused a camera buffer (e.g. bcm2835-codec needs physically contiguous
+    /// memory, which a USB camera's buffers are not): this encoder copies from then on.
+    import_refused: Option<String>,
 }
 
 impl M2mEncoder {
@@ -270,6 +309,9 @@ impl M2mEncoder {
             applied_bps: 0,
             out: Vec::with_capacity(cap.sizeimage[0] as usize),
             counters: Counters::default(),
+            held: Vec::new(),
+            import_streak: 0,
+            import_refused: None,
         };
         enc.setup_controls();
         enc.dev.setup_queue(BUF_OUTPUT_MPLANE, raw, OUTPUT_BUFFERS)?;
@@ -418,6 +460,7 @@ impl M2mEncoder {
     /// first unit after it is a keyframe.
     pub fn restart_streams(&mut self) -> Result<(), M2mError> {
         self.dev.stream_off(BUF_OUTPUT_MPLANE)?;
+        self.held.iter_mut().for_each(|h| *h = None);
         self.dev.stream_off(BUF_CAPTURE_MPLANE)?;
         self.start()?;
         self.counters.resets += 1;
@@ -432,26 +475,103 @@ impl M2mEncoder {
         }
     }
 
-    /// Encodes one frame: copied into a free OUTPUT buffer at the driver's stride, queued,
-    /// and the unit waited for. (A unit may hold no picture — H.264 parameter sets alone, as
-    /// bcm2835-codec sends first: the codec's wrapper then asks [`Self::next_unit`] again.)
+    /// Why the device refused a camera buffer, if it did (it copies from then on).
+    pub fn import_refused(&self) -> Option<&str> {
+        self.import_refused.as_deref()
+    }
+
+    /// Whether the OUTPUT queue takes camera buffers by descriptor (DMABUF) right now.
+    pub fn reads_in_place(&self) -> bool {
+        self.dev.output.as_ref().is_some_and(|q| q.is_dmabuf())
+    }
+
+    /// Whether the device can read `d` in place: the very layout it asked for on OUTPUT (FourCC,
+    /// stride, rows — the chroma sits where it expects it) and a buffer at least `sizeimage` long.
+    pub fn can_import(&self, d: &DmaBuf) -> bool {
+        self.import_refused.is_none() && layout_fits(&self.raw, self.luma_rows, self.params.width, self.params.height, d)
+    }
+
+    /// Both queues off, OUTPUT set up again with the other kind of memory, streams on.
+    fn switch_output_memory(&mut self, dmabuf: bool) -> Result<(), M2mError> {
+        self.dev.stream_off(BUF_OUTPUT_MPLANE)?;
+        self.dev.stream_off(BUF_CAPTURE_MPLANE)?;
+        self.held.clear();
+        if dmabuf {
+            self.dev.setup_dmabuf_queue(BUF_OUTPUT_MPLANE, self.raw, OUTPUT_BUFFERS)?;
+            self.held.resize(self.dev.output.as_ref().map_or(0, |q| q.count()), None);
+        } else {
+            self.dev.setup_queue(BUF_OUTPUT_MPLANE, self.raw, OUTPUT_BUFFERS)?;
+        }
+        self.start()?;
+        self.counters.memory_switches += 1;
+        log::info!(
+            "{}: {}",
+            self.found.path,
+            if dmabuf { "reading the camera's frames in place (DMABUF), no copy" } else { "copying frames into the encoder (they no longer come as camera DMABUFs in its layout)" }
+        );
+        Ok(())
+    }
+
+    /// Encodes one frame: read in place from its camera buffer where it can be
+    /// ([`Self::can_import`]), else copied into a free OUTPUT buffer at the driver's stride;
+    /// queued, and the unit waited for. (A unit may hold no picture — H.264 parameter sets
+    /// alone, as bcm2835-codec sends first: the codec's wrapper then asks [`Self::next_unit`]
+    /// again.)
     pub fn encode(&mut self, frame: &VideoFrame, force_keyframe: bool) -> Result<Unit<'_>, M2mError> {
         let p = self.params;
         if frame.width != p.width || frame.height != p.height {
             return Err(M2mError::Size { got_w: frame.width, got_h: frame.height, want_w: p.width, want_h: p.height });
         }
+        let import = frame.dmabuf.as_ref().filter(|d| self.can_import(d)).cloned();
+        match (&import, self.reads_in_place()) {
+            (Some(_), false) => {
+                self.import_streak += 1;
+                if self.import_streak >= IMPORT_AFTER || self.counters.frames_in == 0 {
+                    self.switch_output_memory(true)?;
+                }
+            }
+            (None, true) => {
+                self.import_streak = 0;
+                self.switch_output_memory(false)?;
+            }
+            (None, false) => self.import_streak = 0,
+            (Some(_), true) => {}
+        }
         if force_keyframe {
             self.request_keyframe()?;
         }
         let index = self.free_output()?;
-        let mut used = [0u32; 3];
-        {
-            let raw = self.raw;
-            let rows = self.luma_rows;
-            let q = self.dev.output.as_mut().ok_or_else(|| M2mError::State { path: self.found.path.clone(), why: "no OUTPUT queue".into() })?;
-            fill_raw(q, index, &raw, rows, frame, &mut used).map_err(|why| M2mError::State { path: self.found.path.clone(), why })?;
+        match import.filter(|_| self.reads_in_place()) {
+            Some(d) => {
+                let used = self.raw.sizeimage[0];
+                match self.dev.qbuf_dmabuf(BUF_OUTPUT_MPLANE, index, d.fd(), d.len.min(u32::MAX as usize) as u32, used, frame.capture_unix_us) {
+                    Ok(()) => {
+                        if let Some(slot) = self.held.get_mut(index) {
+                            *slot = Some(d);
+                        }
+                        self.counters.imported += 1;
+                    }
+                    Err(e) if !e.is_gone() => {
+                        // The device cannot read this camera's memory: copy, as before, for good.
+                        log::warn!("{e}: the encoder cannot read the camera's buffers in place; copying frames instead");
+                        self.import_refused = Some(e.to_string());
+                        self.switch_output_memory(false)?;
+                        return self.encode(frame, false);
+                    }
+                    Err(e) => return Err(e),
+                }
+            }
+            None => {
+                let mut used = [0u32; 3];
+                {
+                    let raw = self.raw;
+                    let rows = self.luma_rows;
+                    let q = self.dev.output.as_mut().ok_or_else(|| M2mError::State { path: self.found.path.clone(), why: "no OUTPUT queue".into() })?;
+                    fill_raw(q, index, &raw, rows, frame, &mut used).map_err(|why| M2mError::State { path: self.found.path.clone(), why })?;
+                }
+                self.dev.qbuf(BUF_OUTPUT_MPLANE, index, &used[..self.raw.num_planes], frame.capture_unix_us, 0)?;
+            }
         }
-        self.dev.qbuf(BUF_OUTPUT_MPLANE, index, &used[..self.raw.num_planes], frame.capture_unix_us, 0)?;
         self.counters.frames_in += 1;
         self.next_unit()
     }
@@ -498,7 +618,12 @@ impl M2mEncoder {
 
     /// Takes back the raw buffers the device is done with.
     fn reclaim_outputs(&mut self) -> Result<(), M2mError> {
-        while self.dev.dqbuf(BUF_OUTPUT_MPLANE)?.is_some() {}
+        while let Some(d) = self.dev.dqbuf(BUF_OUTPUT_MPLANE)? {
+            // The device is done reading that camera buffer: the camera may refill it.
+            if let Some(slot) = self.held.get_mut(d.index) {
+                *slot = None;
+            }
+        }
         Ok(())
     }
 
@@ -516,6 +641,19 @@ impl M2mEncoder {
             self.dev.poll(libc::POLLOUT, (deadline - now).min(Duration::from_millis(100)))?;
         }
     }
+}
+
+/// Whether a camera buffer is laid out exactly as the device wants its raw input (`raw`, with
+/// `luma_rows` rows before the chroma): same single-plane FourCC, size, stride and rows, and at
+/// least `sizeimage` long. bcm2835-codec pads 1080 rows to 1088, so a 1080p camera buffer is
+/// copied, not read in place.
+pub fn layout_fits(raw: &PlaneFormat, luma_rows: u32, width: u32, height: u32, d: &DmaBuf) -> bool {
+    raw.num_planes == 1
+        && d.fourcc == raw.fourcc
+        && (d.width, d.height) == (width, height)
+        && d.bytesperline == raw.bytesperline[0]
+        && d.height == luma_rows
+        && d.len >= raw.sizeimage[0] as usize
 }
 
 /// Rows of the first plane in the driver's layout of a single-plane 4:2:0 format: from
@@ -611,6 +749,35 @@ mod tests {
         assert_eq!(raw_layout_rows(&pf(device::FMT_YU12, 640, 480, 320, 640 * 480 * 3 / 2)), None);
         assert_eq!(raw_layout_rows(&pf(device::FMT_YU12, 640, 480, 640, 1000)), None);
         assert_eq!(raw_layout_rows(&pf(device::FMT_YU12, 640, 480, 0, 0)), None);
+    }
+
+    #[test]
+    fn a_camera_buffer_is_read_in_place_only_in_the_devices_exact_layout() {
+        use crate::capture::dmabuf::{DmaBuf, Layout};
+        let nv12 = |w: u32, h: u32, bpl: u32, len: usize| DmaBuf::stand_in(Layout { fourcc: device::FMT_NV12, width: w, height: h, bytesperline: bpl }, len);
+        let raw = pf(device::FMT_NV12, 640, 480, 640, 460_800);
+        let rows = raw_layout_rows(&raw).unwrap();
+        assert!(layout_fits(&raw, rows, 640, 480, &nv12(640, 480, 640, 460_800)), "vivid NV12 → vicodec NV12");
+        assert!(layout_fits(&raw, rows, 640, 480, &nv12(640, 480, 640, 462_848)), "a page-rounded buffer is fine");
+        assert!(!layout_fits(&raw, rows, 640, 480, &nv12(640, 480, 704, 506_880)), "another stride");
+        assert!(!layout_fits(&raw, rows, 640, 480, &nv12(640, 480, 640, 400_000)), "shorter than sizeimage");
+        assert!(!layout_fits(&raw, rows, 640, 480, &nv12(320, 240, 640, 460_800)), "another size");
+        let yu12 = DmaBuf::stand_in(Layout { fourcc: device::FMT_YU12, width: 640, height: 480, bytesperline: 640 }, 460_800);
+        assert!(!layout_fits(&raw, rows, 640, 480, &yu12), "another FourCC");
+        // bcm2835-codec at 1080p: 1088 rows (16-row padding) — the camera's 1080 do not fit.
+        let padded = pf(device::FMT_NV12, 1920, 1080, 1920, 1920 * 1088 * 3 / 2);
+        let prows = raw_layout_rows(&padded).unwrap();
+        assert_eq!(prows, 1088);
+        assert!(!layout_fits(&padded, prows, 1920, 1080, &nv12(1920, 1080, 1920, 1920 * 1088 * 3 / 2)));
+    }
+
+    #[test]
+    fn the_encoder_takes_the_cameras_raw_format_when_it_can() {
+        let f = Found { path: "/dev/video11".into(), driver: "bcm2835-codec".into(), card: "x".into(), raw_fourcc: device::FMT_YU12,
+            raw_fourccs: vec![device::FMT_YU12, device::FMT_NV12] };
+        assert_eq!(f.preferring_raw(Some(device::FMT_NV12)).raw_fourcc, device::FMT_NV12);
+        assert_eq!(f.preferring_raw(Some(device::FMT_H264)).raw_fourcc, device::FMT_YU12, "not one it takes");
+        assert_eq!(f.preferring_raw(None).raw_fourcc, device::FMT_YU12);
     }
 
     #[test]

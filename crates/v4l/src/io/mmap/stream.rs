@@ -25,6 +25,9 @@ pub struct Stream<'a> {
     // peercam patch: `arena_index` was given back to the driver by `next` and not dequeued
     // since (a failed dequeue must not make the next call queue it a second time).
     requeued: bool,
+    // peercam patch: buffers lent out by `hold` (their memory is being read elsewhere, e.g. an
+    // encoder that imported it as a DMABUF): not queued to the driver until `give_back`.
+    held: Vec<bool>,
 }
 
 impl<'a> Stream<'a> {
@@ -62,6 +65,7 @@ impl<'a> Stream<'a> {
             arena,
             arena_index: 0,
             requeued: false,
+            held: vec![false; count as usize],
             buf_type,
             buf_meta,
             active: false,
@@ -77,6 +81,46 @@ impl<'a> Stream<'a> {
     /// Sets a timeout of the v4l file handle.
     pub fn set_timeout(&mut self, duration: Duration) {
         self.timeout = Some(duration.as_millis().try_into().unwrap());
+    }
+
+    /// peercam patch: the index of the buffer the last `next` returned.
+    pub fn index(&self) -> usize {
+        self.arena_index
+    }
+
+    /// peercam patch: keeps the buffer the last `next` returned out of the driver's queue
+    /// until [`Self::give_back`] (the next `next` does not queue it). Returns its index.
+    pub fn hold(&mut self) -> usize {
+        if let Some(h) = self.held.get_mut(self.arena_index) {
+            *h = true;
+            self.requeued = true;
+        }
+        self.arena_index
+    }
+
+    /// peercam patch: queues a held buffer again (at once while streaming; with the others at
+    /// the next start otherwise). A buffer not held is left alone.
+    pub fn give_back(&mut self, index: usize) -> io::Result<()> {
+        match self.held.get_mut(index) {
+            Some(h) if *h => *h = false,
+            _ => return Ok(()),
+        }
+        if self.active {
+            CaptureStream::queue(self, index)?;
+        }
+        Ok(())
+    }
+
+    /// peercam patch: whether buffer `index` is held, and how many are.
+    pub fn is_held(&self, index: usize) -> bool {
+        self.held.get(index).copied().unwrap_or(false)
+    }
+    /// peercam patch: how many buffers the driver gave.
+    pub fn count(&self) -> usize {
+        self.held.len()
+    }
+    pub fn held_count(&self) -> usize {
+        self.held.iter().filter(|h| **h).count()
     }
 
     /// Clears the timeout of the v4l file handle.
@@ -215,9 +259,11 @@ impl<'a, 'b> CaptureStream<'b> for Stream<'a> {
 
     fn next(&'b mut self) -> io::Result<(&Self::Item, &Metadata)> {
         if !self.active {
-            // Enqueue all buffers once on stream start
+            // Enqueue all buffers once on stream start (peercam patch: but those held)
             for index in 0..self.arena.bufs.len() {
-                CaptureStream::queue(self, index)?;
+                if !self.held.get(index).copied().unwrap_or(false) {
+                    CaptureStream::queue(self, index)?;
+                }
             }
 
             self.start()?;
