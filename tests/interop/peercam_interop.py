@@ -389,6 +389,8 @@ class DecodeErrorLog(logging.Handler):
         super().__init__(level=logging.DEBUG)
         self.aiortc_errors: list[str] = []
         self.ffmpeg_errors: list[str] = []
+        # (time.monotonic(), "aiortc" | "ffmpeg", message) of each, in order.
+        self.timeline: list[tuple[float, str, str]] = []
         # Not `self.lock`: logging.Handler.handle() already holds that one (acquire()) around
         # emit(); replacing it with a plain Lock and taking it again here deadlocked the decoder
         # thread on its first decode error (seen in a run: the test hung at teardown for good).
@@ -399,8 +401,10 @@ class DecodeErrorLog(logging.Handler):
         with self.records_lock:
             if record.name.startswith("aiortc") and "failed to decode" in msg:
                 self.aiortc_errors.append(msg)
+                self.timeline.append((time.monotonic(), "aiortc", msg))
             elif record.name.startswith("libav") and record.levelno >= logging.ERROR:
                 self.ffmpeg_errors.append(f"{record.name}: {msg.strip()}")
+                self.timeline.append((time.monotonic(), "ffmpeg", f"{record.name}: {msg.strip()}"))
 
     def install(self) -> "DecodeErrorLog":
         import av.logging
@@ -420,6 +424,16 @@ class DecodeErrorLog(logging.Handler):
     def counts(self) -> tuple[int, int]:
         with self.records_lock:
             return len(self.aiortc_errors), len(self.ffmpeg_errors)
+
+    def counts_from(self, t: float) -> tuple[int, int]:
+        """(aiortc, FFmpeg) errors logged at or after monotonic time `t`."""
+        with self.records_lock:
+            late = [k for (at, k, _) in self.timeline if at >= t]
+        return late.count("aiortc"), late.count("ffmpeg")
+
+    def messages(self, n: int = 3) -> list[str]:
+        with self.records_lock:
+            return [f"{k}: {m[:160]}" for (_, k, m) in self.timeline[:n]]
 
 
 # --------------------------------------------------------------------------------------------
