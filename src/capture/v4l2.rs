@@ -378,10 +378,11 @@ impl VideoSource for V4l2Camera {
             let open = self.open.as_mut().expect("opened above");
             if let Some((exported, _)) = &open.exported {
                 // Lent buffers every holder has dropped go back to the driver.
-                let back: Vec<usize> = exported.returned(|i| open.stream.is_held(i)).collect();
-                for i in back {
-                    if let Err(e) = open.stream.give_back(i) {
-                        log::debug!("{}: giving back buffer {i}: {e}", self.label);
+                for i in 0..open.stream.count() {
+                    if open.stream.is_held(i) && exported.is_back(i) {
+                        if let Err(e) = open.stream.give_back(i) {
+                            log::debug!("{}: giving back buffer {i}: {e}", self.label);
+                        }
                     }
                 }
             }

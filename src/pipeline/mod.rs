@@ -1080,11 +1080,13 @@ struct RungEncoder {
     encoder: Option<VideoEncoder>,
     gate: KeyframeGate,
     failing: bool,
+    /// What `video.encoder.zero_copy` last said (the shared status is written only on a change).
+    zero_copy: bool,
 }
 
 impl RungEncoder {
     fn new(name: &'static str, backend: Backend) -> Self {
-        Self { name, backend, encoder: None, gate: KeyframeGate::new(KEYFRAME_MIN_INTERVAL), failing: false }
+        Self { name, backend, encoder: None, gate: KeyframeGate::new(KEYFRAME_MIN_INTERVAL), failing: false, zero_copy: false }
     }
 
     /// The hardware encoder failed (at open or while encoding, e.g. the device vanished):
@@ -1146,12 +1148,9 @@ impl RungEncoder {
                 if unit.keyframe {
                     self.gate.saw_keyframe(now);
                 }
-                if enc.is_hardware() {
-                    let in_place = Some(enc.reads_in_place());
-                    let mut s = lock(&stats.encoder);
-                    if s.zero_copy != in_place {
-                        s.zero_copy = in_place;
-                    }
+                if enc.is_hardware() && enc.reads_in_place() != self.zero_copy {
+                    self.zero_copy = !self.zero_copy;
+                    lock(&stats.encoder).zero_copy = Some(self.zero_copy);
                 }
                 self.failing = false;
                 stream.publish(unit);

@@ -78,10 +78,7 @@ pub fn run(args: &CheckArgs) -> Result<Value, String> {
     if args.camera.is_some() {
         return run_camera(args);
     }
-    let found = match &args.device {
-        Some(p) => super::check(p, args.codec)?,
-        None => super::probe(args.codec).map_err(|seen| format!("no M2M {} encoder found: {}", args.codec.name(), seen.join("; ")))?,
-    };
+    let found = find_encoder(args)?;
     let (w, h, fps) = (args.width, args.height, args.fps.max(1));
     let high_bps = w * h * fps * 4; // 4 bits per pixel: fine quantizer
     let params = Params { width: w, height: h, fps, bitrate_bps: high_bps, keyframe_interval_frames: 1000 };
@@ -184,6 +181,14 @@ pub fn run(args: &CheckArgs) -> Result<Value, String> {
     Ok(report)
 }
 
+/// `--device`, or the first M2M encoder of `--codec`.
+fn find_encoder(args: &CheckArgs) -> Result<Found, String> {
+    match &args.device {
+        Some(p) => super::check(p, args.codec),
+        None => super::probe(args.codec).map_err(|seen| format!("no M2M {} encoder found: {}", args.codec.name(), seen.join("; "))),
+    }
+}
+
 /// Frames in the camera check.
 const CAMERA_FRAMES: usize = 40;
 
@@ -218,11 +223,7 @@ fn run_camera(args: &CheckArgs) -> Result<Value, String> {
     let lent = first.dmabuf.as_ref().map(|d| json!({ "fourcc": device::fourcc_str(d.fourcc), "width": d.width, "height": d.height,
         "bytesperline": d.bytesperline, "len": d.len, "bytesused": d.bytesused }));
     let camera_fourcc = first.dmabuf.as_ref().map(|d| d.fourcc);
-    let found = match &args.device {
-        Some(p) => super::check(p, args.codec)?,
-        None => super::probe(args.codec).map_err(|seen| format!("no M2M {} encoder found: {}", args.codec.name(), seen.join("; ")))?,
-    }
-    .preferring_raw(camera_fourcc);
+    let found = find_encoder(args)?.preferring_raw(camera_fourcc);
     let fps = args.fps.max(1);
     let params = Params { width: w, height: h, fps, bitrate_bps: w * h * fps * 4, keyframe_interval_frames: 1000 };
     let mut enc = M2mEncoder::open(&found, args.codec, params).map_err(|e| e.to_string())?;

@@ -224,18 +224,9 @@ impl Device {
     /// `VIDIOC_REQBUFS` + `QUERYBUF` + `mmap` for `count` buffers (the driver may give more or
     /// fewer: at least 1 and at most 32 are accepted).
     pub fn setup_queue(&mut self, kind: u32, format: PlaneFormat, count: u32) -> Result<(), M2mError> {
-        self.release_queue(kind);
-        // SAFETY: plain C struct.
-        let mut rb: sys::v4l2_requestbuffers = unsafe { std::mem::zeroed() };
-        rb.count = count;
-        rb.type_ = kind;
-        rb.memory = MEMORY_MMAP;
-        self.ioctl("VIDIOC_REQBUFS", vidioc::VIDIOC_REQBUFS, &mut rb)?;
-        if rb.count == 0 || rb.count > 32 {
-            return Err(M2mError::Unsupported { path: self.path.clone(), why: format!("the driver gave {} buffers (asked for {count})", rb.count) });
-        }
-        let mut queue = Queue { kind, format, buffers: Vec::with_capacity(rb.count as usize), streaming: false, memory: MEMORY_MMAP };
-        for index in 0..rb.count {
+        let given = self.request_buffers(kind, count, MEMORY_MMAP)?;
+        let mut queue = Queue { kind, format, buffers: Vec::with_capacity(given as usize), streaming: false, memory: MEMORY_MMAP };
+        for index in 0..given {
             // SAFETY: plain C structs.
             let mut planes: [sys::v4l2_plane; MAX_PLANES] = unsafe { std::mem::zeroed() };
             let mut b: sys::v4l2_buffer = unsafe { std::mem::zeroed() };
@@ -268,69 +259,55 @@ impl Device {
             }
             queue.buffers.push(Buffer { planes: maps, queued: false });
         }
-        if kind == BUF_OUTPUT_MPLANE {
-            self.output = Some(queue);
-        } else {
-            self.capture = Some(queue);
-        }
+        self.install(queue);
         Ok(())
     }
 
-    /// `VIDIOC_REQBUFS` for `count` DMABUF slots on `kind` (nothing mapped: each `qbuf_dmabuf`
-    /// names the descriptor to read).
-    pub fn setup_dmabuf_queue(&mut self, kind: u32, format: PlaneFormat, count: u32) -> Result<(), M2mError> {
+    /// Frees `kind`'s buffers, then `VIDIOC_REQBUFS` for `count` of `memory`; the number the
+    /// driver gave (it may give more or fewer: at least 1 and at most 32 are accepted).
+    fn request_buffers(&mut self, kind: u32, count: u32, memory: u32) -> Result<u32, M2mError> {
         self.release_queue(kind);
         // SAFETY: plain C struct.
         let mut rb: sys::v4l2_requestbuffers = unsafe { std::mem::zeroed() };
         rb.count = count;
         rb.type_ = kind;
-        rb.memory = MEMORY_DMABUF;
-        self.ioctl("VIDIOC_REQBUFS (DMABUF)", vidioc::VIDIOC_REQBUFS, &mut rb)?;
+        rb.memory = memory;
+        self.ioctl("VIDIOC_REQBUFS", vidioc::VIDIOC_REQBUFS, &mut rb)?;
         if rb.count == 0 || rb.count > 32 {
-            return Err(M2mError::Unsupported { path: self.path.clone(), why: format!("the driver gave {} DMABUF slots (asked for {count})", rb.count) });
+            return Err(M2mError::Unsupported { path: self.path.clone(), why: format!("the driver gave {} buffers (asked for {count})", rb.count) });
         }
-        let buffers = (0..rb.count).map(|_| Buffer { planes: Vec::new(), queued: false }).collect();
-        let queue = Queue { kind, format, buffers, streaming: false, memory: MEMORY_DMABUF };
-        if kind == BUF_OUTPUT_MPLANE {
+        Ok(rb.count)
+    }
+
+    fn install(&mut self, queue: Queue) {
+        if queue.kind == BUF_OUTPUT_MPLANE {
             self.output = Some(queue);
         } else {
             self.capture = Some(queue);
         }
+    }
+
+    /// `VIDIOC_REQBUFS` for `count` DMABUF slots on `kind` (nothing mapped: each `qbuf_dmabuf`
+    /// names the descriptor to read).
+    pub fn setup_dmabuf_queue(&mut self, kind: u32, format: PlaneFormat, count: u32) -> Result<(), M2mError> {
+        let given = self.request_buffers(kind, count, MEMORY_DMABUF)?;
+        let buffers = (0..given).map(|_| Buffer { planes: Vec::new(), queued: false }).collect();
+        self.install(Queue { kind, format, buffers, streaming: false, memory: MEMORY_DMABUF });
         Ok(())
     }
 
     /// `VIDIOC_QBUF` of DMABUF slot `index`: plane 0 is `fd`, `length` bytes of which
     /// `bytesused` hold the picture (single-plane layouts only: YU12, NV12).
     pub fn qbuf_dmabuf(&mut self, kind: u32, index: usize, fd: i32, length: u32, bytesused: u32, timestamp_us: u64) -> Result<(), M2mError> {
-        let path = self.path.clone();
-        let q = self.queue(kind).ok_or_else(|| M2mError::State { path: path.clone(), why: "queue not set up".into() })?;
-        if q.memory != MEMORY_DMABUF || q.format.num_planes != 1 {
-            return Err(M2mError::State { path, why: "not a single-plane DMABUF queue".into() });
-        }
-        match q.buffers.get(index) {
-            None => return Err(M2mError::State { path, why: format!("no buffer {index}") }),
-            Some(b) if b.queued => return Err(M2mError::State { path, why: format!("buffer {index} is already queued") }),
-            Some(_) => {}
+        if !self.queue(kind).is_some_and(|q| q.memory == MEMORY_DMABUF && q.format.num_planes == 1) {
+            return Err(M2mError::State { path: self.path.clone(), why: "not a single-plane DMABUF queue".into() });
         }
         // SAFETY: plain C structs.
         let mut planes: [sys::v4l2_plane; MAX_PLANES] = unsafe { std::mem::zeroed() };
         planes[0].bytesused = bytesused;
         planes[0].length = length;
         planes[0].m.fd = fd;
-        let mut b: sys::v4l2_buffer = unsafe { std::mem::zeroed() };
-        b.index = index as u32;
-        b.type_ = kind;
-        b.memory = MEMORY_DMABUF;
-        b.field = sys::v4l2_field_V4L2_FIELD_NONE;
-        b.timestamp.tv_sec = (timestamp_us / 1_000_000) as _;
-        b.timestamp.tv_usec = (timestamp_us % 1_000_000) as _;
-        b.length = 1;
-        b.m.planes = planes.as_mut_ptr();
-        self.ioctl("VIDIOC_QBUF (DMABUF)", vidioc::VIDIOC_QBUF, &mut b)?;
-        if let Some(buf) = self.queue_mut(kind).and_then(|q| q.buffers.get_mut(index)) {
-            buf.queued = true;
-        }
-        Ok(())
+        self.submit(kind, index, &mut planes, timestamp_us, 0)
     }
 
     fn unmap(q: &mut Queue) {
@@ -371,25 +348,34 @@ impl Device {
     /// `VIDIOC_QBUF` of buffer `index` with `bytesused` per plane (0 for capture buffers) and a
     /// timestamp (M2M drivers copy it to the matching capture buffer).
     pub fn qbuf(&mut self, kind: u32, index: usize, bytesused: &[u32], timestamp_us: u64, flags: u32) -> Result<(), M2mError> {
-        let path = self.path.clone();
-        let q = self.queue(kind).ok_or_else(|| M2mError::State { path: path.clone(), why: "queue not set up".into() })?;
-        let n = q.format.num_planes;
-        let Some(buf) = q.buffers.get(index) else {
-            return Err(M2mError::State { path, why: format!("no buffer {index}") });
-        };
-        if buf.queued {
-            return Err(M2mError::State { path, why: format!("buffer {index} is already queued") });
-        }
         // SAFETY: plain C structs.
         let mut planes: [sys::v4l2_plane; MAX_PLANES] = unsafe { std::mem::zeroed() };
-        for (p, plane) in planes.iter_mut().enumerate().take(n) {
-            plane.bytesused = bytesused.get(p).copied().unwrap_or(0);
-            plane.length = buf.planes.get(p).map_or(0, |m| m.len as u32);
+        if let Some(q) = self.queue(kind) {
+            let buf = q.buffers.get(index);
+            for (p, plane) in planes.iter_mut().enumerate().take(q.format.num_planes) {
+                plane.bytesused = bytesused.get(p).copied().unwrap_or(0);
+                plane.length = buf.and_then(|b| b.planes.get(p)).map_or(0, |m| m.len as u32);
+            }
         }
+        self.submit(kind, index, &mut planes, timestamp_us, flags)
+    }
+
+    /// `VIDIOC_QBUF` of buffer `index` with `planes` filled in, in the queue's kind of memory;
+    /// the buffer must exist and not be queued already.
+    fn submit(&mut self, kind: u32, index: usize, planes: &mut [sys::v4l2_plane; MAX_PLANES], timestamp_us: u64, flags: u32) -> Result<(), M2mError> {
+        let path = self.path.clone();
+        let q = self.queue(kind).ok_or_else(|| M2mError::State { path: path.clone(), why: "queue not set up".into() })?;
+        let (n, memory) = (q.format.num_planes, q.memory);
+        match q.buffers.get(index) {
+            None => return Err(M2mError::State { path, why: format!("no buffer {index}") }),
+            Some(b) if b.queued => return Err(M2mError::State { path, why: format!("buffer {index} is already queued") }),
+            Some(_) => {}
+        }
+        // SAFETY: plain C struct.
         let mut b: sys::v4l2_buffer = unsafe { std::mem::zeroed() };
         b.index = index as u32;
         b.type_ = kind;
-        b.memory = MEMORY_MMAP;
+        b.memory = memory;
         b.flags = flags;
         b.field = sys::v4l2_field_V4L2_FIELD_NONE;
         b.timestamp.tv_sec = (timestamp_us / 1_000_000) as _;
