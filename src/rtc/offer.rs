@@ -222,7 +222,9 @@ fn h264_fmtp_usable(fmtp: &str) -> bool {
             "packetization-mode" => mode1 = v.trim() == "1",
             "profile-level-id" => {
                 let v = v.trim().to_ascii_lowercase();
-                profile_ok = v.len() == 6 && H264_PROFILES.iter().any(|p| p[..4] == v[..4]);
+                // Compared as bytes: the value comes from the network and may hold any UTF-8,
+                // where a `str` slice at 4 could fall inside a character and panic.
+                profile_ok = v.len() == 6 && H264_PROFILES.iter().any(|p| p.as_bytes()[..4] == v.as_bytes()[..4]);
             }
             _ => {}
         }
@@ -266,6 +268,17 @@ mod tests {
         );
         let e = inspect(&sdp).unwrap_err();
         assert!(matches!(e, OfferError::NoH264 { .. }), "{e}");
+    }
+
+    /// Found by the fuzzer in CI: a 6-byte profile-level-id whose 4th byte falls inside a
+    /// multi-byte character made the profile comparison slice a `str` mid-character and panic.
+    #[test]
+    fn profile_level_id_with_multibyte_characters_is_refused_not_a_panic() {
+        for id in ["42\u{fffd}x", "4-\u{20ac}x", "\u{e9}\u{e9}\u{e9}"] {
+            assert_eq!(id.len(), 6, "{id:?}");
+            let sdp = offer(&format!("m=video 9 UDP/TLS/RTP/SAVPF 102\r\na=rtpmap:102 H264/90000\r\na=fmtp:102 packetization-mode=1;profile-level-id={id}\r\n"));
+            assert!(matches!(inspect(&sdp), Err(OfferError::NoH264 { .. })), "{id:?}");
+        }
     }
 
     #[test]
