@@ -46,6 +46,28 @@ fn block_is_white(index: usize, millis: u32) -> bool {
     }
 }
 
+/// Whether this uncompressed luma plane carries the code as [`draw`] paints it: the two
+/// reference blocks perfectly flat, the first brighter. A camera does not make two flat
+/// squares in its corner; the test pattern does, also when it is dimmed ("dark"). Returns the
+/// size of the code's strip in pixels (width, height) when it does.
+pub fn drawn_strip(y: &[u8], width: u32, height: u32, stride: usize) -> Option<(usize, usize)> {
+    if !fits(width, height) {
+        return None;
+    }
+    let b = block_size(width);
+    if y.len() < (b - 1) * stride + 2 * b {
+        return None;
+    }
+    let flat = |block: usize| -> Option<u8> {
+        let first = y[block * b];
+        (0..b).all(|row| y[row * stride + block * b..row * stride + (block + 1) * b].iter().all(|&p| p == first)).then_some(first)
+    };
+    match (flat(0), flat(1)) {
+        (Some(white), Some(black)) if white > black => Some((BLOCKS * b, b)),
+        _ => None,
+    }
+}
+
 /// Reads the code back from a luma plane (after compression: samples the middle of each block
 /// and thresholds halfway between the two reference blocks). `None` if the references are not
 /// distinguishable, i.e. this is not a test-pattern frame.
@@ -84,6 +106,22 @@ mod tests {
     fn frame(w: u32, h: u32) -> (Vec<u8>, Vec<u8>, Vec<u8>) {
         let (w, h) = (w as usize, h as usize);
         (vec![90; w * h], vec![60; w * h / 4], vec![200; w * h / 4])
+    }
+
+    #[test]
+    fn drawn_strip_is_found_on_the_pattern_and_not_on_a_picture() {
+        let (w, h) = (640u32, 360u32);
+        let (mut y, mut u, mut v) = frame(w, h);
+        assert_eq!(drawn_strip(&y, w, h, w as usize), None, "a flat grey picture has no brighter first block");
+        draw(&mut y, &mut u, &mut v, w, h, 0x1234_5678);
+        assert_eq!(drawn_strip(&y, w, h, w as usize), Some((BLOCKS * 16, 16)));
+        // Dimmed as the test pattern's "dark" does: still the pattern's code.
+        let dim: Vec<u8> = y.iter().map(|&p| 16 + p.saturating_sub(16) / 8).collect();
+        assert_eq!(drawn_strip(&dim, w, h, w as usize), Some((BLOCKS * 16, 16)));
+        // One pixel off in a reference block (a camera's noise): not the code.
+        y[3 * w as usize + 5] = WHITE - 1;
+        assert_eq!(drawn_strip(&y, w, h, w as usize), None);
+        assert_eq!(drawn_strip(&y[..100], w, h, w as usize), None, "a short plane is not read past its end");
     }
 
     #[test]

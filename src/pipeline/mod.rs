@@ -38,6 +38,8 @@ const KEYFRAME_MIN_INTERVAL: Duration = Duration::from_millis(250);
 const IDLE_POLL: Duration = Duration::from_millis(500);
 /// Periodic IDR interval of the low rung, at least (seconds).
 const LOW_RUNG_KEYFRAME_S: u32 = 10;
+/// The low rung's name in logs and counters.
+const LOW_RUNG_NAME: &str = "low";
 /// Frame period of the "CAMERA OFFLINE" slate.
 const SLATE_PERIOD: Duration = Duration::from_millis(200);
 /// A capture loop that has not turned for this long is stalled.
@@ -46,7 +48,11 @@ const STALL_LIMIT: Duration = Duration::from_secs(3);
 /// Counters the threads update and `/api/settings` reads.
 #[derive(Default)]
 pub struct Stats {
+    /// Encoders opened, both rungs.
     pub encoders_started: AtomicU64,
+    /// Of those, the low rung's: it starts when a viewer's link first needs it, which is not a
+    /// restart of the main picture.
+    pub low_rung_encoders_started: AtomicU64,
     pub frames_captured: AtomicU64,
     pub frames_dropped: AtomicU64,
     /// Last encode time in microseconds (for the settings page and benchmarks).
@@ -816,7 +822,13 @@ impl MotionRun {
             _ => now + period,
         });
         let (y, _, _) = frame.planes();
-        self.grid.fill(y, frame.width as usize, frame.height as usize, frame.width as usize);
+        let (w, h) = (frame.width as usize, frame.height as usize);
+        self.grid.fill(y, w, h, w);
+        // The test pattern's timestamp code changes every frame, and at a carry many of its bits
+        // flip at once (over 1 % of the picture at 640x360): that is not motion.
+        if let Some((x1, y1)) = crate::capture::timecode::drawn_strip(y, frame.width, frame.height, w) {
+            self.grid.blank_top_left(w, h, x1, y1);
+        }
         detector.push(&self.grid, frame.capture_unix_us / 1000, &mut self.out);
         *lock(&live.motion_state) = detector.state();
         for e in self.out.drain(..) {
@@ -1008,7 +1020,7 @@ fn video_encode_loop(
     // The hardware encoder makes the main picture only: a Pi's VideoCore runs few encoder
     // instances, and the low rung is small enough for openh264.
     let mut main = RungEncoder::new("main", backend);
-    let mut low = RungEncoder::new("low", Backend::OpenH264);
+    let mut low = RungEncoder::new(LOW_RUNG_NAME, Backend::OpenH264);
     let mut low_frame = VideoFrame::new(2, 2);
     let mut low_turn = false;
     let mut gate = KeyframeGate::new(KEYFRAME_MIN_INTERVAL);
@@ -1116,6 +1128,9 @@ impl RungEncoder {
             match VideoEncoder::open(&self.backend, wanted, camera_fourcc) {
                 Ok(e) => {
                     stats.encoders_started.fetch_add(1, Ordering::Relaxed);
+                    if self.name == LOW_RUNG_NAME {
+                        stats.low_rung_encoders_started.fetch_add(1, Ordering::Relaxed);
+                    }
                     log::info!(
                         "H.264 encoder ({} rung, {}) started: {}x{} @ {} fps, {} kbit/s",
                         self.name, self.backend.name(), wanted.width, wanted.height, wanted.fps, wanted.bitrate_bps / 1000
