@@ -513,6 +513,7 @@ impl Room {
             v.insert("encoded_frames".into(), json!(p.hub.video.units_published()));
             v.insert("keyframes".into(), json!(p.hub.video.keyframes_published()));
             v.insert("encoders_started".into(), json!(p.stats.encoders_started.load(Ordering::Relaxed)));
+            v.insert("low_rung_encoders_started".into(), json!(p.stats.low_rung_encoders_started.load(Ordering::Relaxed)));
             v.insert("rate_control".into(), json!(p.stats.rate_control_name()));
             if p.stats.rate_control_name() == "camera" {
                 v.insert("camera_bitrate_kbps".into(), json!(p.stats.camera_bitrate_bps.load(Ordering::Relaxed) / 1000));

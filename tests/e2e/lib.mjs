@@ -52,6 +52,7 @@ export async function main(name, body, { timeoutMs = 120000 } = {}) {
     },
     info: (msg) => console.log(`     ${msg}`),
   };
+  const cpuAtStart = machineCpu();
   const watchdog = setTimeout(() => {
     console.log(`FAIL ${name}: timed out after ${timeoutMs / 1000} s`);
     cleanup().finally(() => process.exit(1));
@@ -68,9 +69,20 @@ export async function main(name, body, { timeoutMs = 120000 } = {}) {
   }
   if (counts.passed + counts.failed === 0) t.check(false, `${name} made no checks`);
   // Frame-rate checks share 2 cores with whatever else runs (builds!): say how busy the machine was.
-  t.info(`load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')} (${availableParallelism()} cores)`);
+  // Steal is time the host did not give this VM (a noisy neighbour): no test here can make up for it.
+  const cpu = machineCpu(), span = Math.max(1, cpu.total - cpuAtStart.total);
+  t.info(`load average ${readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ')} (${availableParallelism()} cores); ` +
+    `over the test: busy ${((100 * (cpu.busy - cpuAtStart.busy)) / span).toFixed(0)} %, steal ${((100 * (cpu.steal - cpuAtStart.steal)) / span).toFixed(1)} % of all CPU time`);
   console.log(`${name}: ${counts.passed} passed, ${counts.failed} failed`);
   process.exit(counts.failed ? 1 : 0);
+}
+
+// The machine's CPU time so far (/proc/stat's first line, in ticks): all of it, busy (not idle or
+// waiting for I/O), and stolen by the host.
+function machineCpu() {
+  const f = readFileSync('/proc/stat', 'utf8').split('\n')[0].trim().split(/\s+/).slice(1).map(Number);
+  const [user, nice, system, idle, iowait, irq, softirq, steal] = f;
+  return { total: f.slice(0, 8).reduce((a, b) => a + b, 0), busy: user + nice + system + irq + softirq, steal };
 }
 
 // The namespace must hold nothing but a working loopback (network rule of this project's tests).

@@ -63,8 +63,11 @@ await main('multi', async (t) => {
   t.check(encoded > 0 && encoded <= budget, 'one encoder for all viewers',
     `encoded_frames +${encoded} in ${wall.toFixed(2)} s (≤ ${budget.toFixed(0)} allowed; ${VIEWERS} encoders would make ~${(VIEWERS * FPS * wall).toFixed(0)}), ` +
     `encoders_started ${s0.video.encoders_started} → ${s1.video.encoders_started}`);
-  t.check(s1.video.encoders_started === s0.video.encoders_started, 'no encoder restarted while watching',
-    `encoders_started ${s1.video.encoders_started}`);
+  // The low rung may start for a viewer whose link reads as slow (a starved browser's late feedback looks
+  // like a queue); that is the ladder working. What must not happen is the main picture's encoder restarting.
+  const mainStarts = (s) => s.video.encoders_started - (s.video.low_rung_encoders_started ?? 0);
+  t.check(mainStarts(s1) === mainStarts(s0), 'the main encoder did not restart while watching',
+    `main rung ${mainStarts(s0)} → ${mainStarts(s1)}, low rung ${s0.video.low_rung_encoders_started} → ${s1.video.low_rung_encoders_started}`);
   const errors = viewers.flatMap((v) => v.errors);
   t.check(errors.length === 0, 'no page errors', errors.join(' | '));
 

@@ -287,13 +287,20 @@ await main('talk', async (t) => {
   const bTalk = await waitFor(B.page, () => window.peercam.talking, undefined, { timeoutMs: 5000, what: 'B talking' })
     .catch(async (e) => ({ error: `${e.message}: ${await evaluate(B.page, () => window.peercam.talkError)}` }));
   t.check(!enabled.error && !bTalk.error, 'then B\'s Talk works', enabled.error || bTalk.error || `B talking ${bTalk.ms} ms after its tap`);
-  await sleep(1500);
-  const bSettings = await svc.settings();
-  const bBytes = statSync(out).size;
-  const bPcm = decode(readFileSync(out), { format: output.format, channels });
-  const bPeak = bPcm.x.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+  // B's microphone beeps every 500 ms; its first beep must reach the file. Waited for (up to 6 s) rather than
+  // read once after 1.5 s: CI once caught a stalled machine (load 6 on 2 cores) with only 1.6 s of quiet
+  // start-up audio written at that moment.
+  const bFrom = Date.now();
+  let bSettings, bBytes, bPeak;
+  do {
+    await sleep(250);
+    bSettings = await svc.settings();
+    bBytes = statSync(out).size;
+    const bPcm = decode(readFileSync(out), { format: output.format, channels });
+    bPeak = bPcm.x.reduce((m, v) => Math.max(m, Math.abs(v)), 0);
+  } while (!(bPeak > 0.1) && Date.now() - bFrom < 6000);
   t.check(talkerId(bSettings.talker) === b.viewerId && bBytes > 0 && bPeak > 0.1, 'B\'s voice reaches the speaker',
-    `talker ${JSON.stringify(bSettings.talker)}, ${bBytes} bytes written, peak ${bPeak.toFixed(2)}`);
+    `talker ${JSON.stringify(bSettings.talker)}, ${bBytes} bytes written, peak ${bPeak.toFixed(2)} after ${Date.now() - bFrom} ms`);
   await B.page.mouse.down(); await sleep(80); await B.page.mouse.up();   // tap again: off
   const bOff = await waitFor(B.page, () => !window.peercam.talking, undefined, { timeoutMs: 2000, what: 'B stops' }).catch((e) => ({ error: e.message }));
   const bFree = await waitFor(B.page, () => window.peercam.talker === null, undefined, { timeoutMs: 3000, what: 'speaker free' }).catch((e) => ({ error: e.message }));
