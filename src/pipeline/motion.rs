@@ -8,6 +8,8 @@
 //!   is a block of pixels, so sensor noise averages out and the cost is one read of the plane).
 //! - A cell *moved* when its mean differs from the previous analysed frame's by more than the
 //!   sensitivity's threshold ([`MotionParams::cell_threshold`]), and its centre is in no mask.
+//!   On the test pattern, the cells under its timestamp code never move ([`Grid::blank_top_left`]
+//!   where `capture::timecode::drawn_strip` finds it): the code changes every frame.
 //! - The *area* is the share of all cells (of the whole picture, masked ones included) that
 //!   moved, in %. Motion *starts* after [`START_FRAMES`] analysed frames in a row at or over
 //!   `min_area_percent`, and *ends* `cooldown_s` after the last such frame (the end event
@@ -239,9 +241,7 @@ impl Grid {
             }
         }
     }
-}
 
-impl Grid {
     /// Sets every cell that overlaps the pixels `0..x1` × `0..y1` of the `width` × `height`
     /// picture [`Grid::fill`] read to 0, so that corner never counts as motion.
     pub fn blank_top_left(&mut self, width: usize, height: usize, x1: usize, y1: usize) {
