@@ -405,24 +405,33 @@ export const installProbe = (page, { every = 1 } = {}) => evaluate(page, (every)
   video.requestVideoFrameCallback(onFrame);
 }, every);
 
-// Runs the probe for `ms` and returns what it saw.
+// Runs the probe for `ms` and returns what it saw: `painted` and `delivered` from the compositor's
+// counters (getVideoPlaybackQuality), `frames` and the decoded codes from the page's frame callback.
 export async function probeFor(page, ms) {
-  await evaluate(page, () => { Object.assign(window.__probe, { running: true, frames: 0, bad: 0, samples: [], t0: performance.now() }); });
+  await evaluate(page, () => { Object.assign(window.__probe, { running: true, frames: 0, bad: 0, samples: [], t0: performance.now(), q0: document.getElementById('video').getVideoPlaybackQuality() }); });
   await sleep(ms);
   return evaluate(page, () => {
     const p = window.__probe;
     p.running = false;
-    return { frames: p.frames, bad: p.bad, samples: p.samples, every: p.every, elapsedMs: performance.now() - p.t0 };
+    const q = document.getElementById('video').getVideoPlaybackQuality();
+    const painted = (q.totalVideoFrames - q.droppedVideoFrames) - (p.q0.totalVideoFrames - p.q0.droppedVideoFrames);
+    return { painted, delivered: q.totalVideoFrames - p.q0.totalVideoFrames, frames: p.frames, bad: p.bad, samples: p.samples, every: p.every, elapsedMs: performance.now() - p.t0 };
   });
 }
 
-// Checks a probe result: enough frames rendered, codes increasing, latency within bounds.
+// Checks a probe result: enough frames rendered, codes increase, latency within bounds.
+// "Rendered" is what the compositor painted: frames handed to the <video> minus those it replaced
+// before painting them (getVideoPlaybackQuality; bursty or late delivery shows as dropped there). The
+// page's requestVideoFrameCallback count is printed beside it but not judged: those callbacks run on
+// the page's main thread, which a starved machine holds up while the compositor keeps painting (seen:
+// 149 of 153 frames painted, 90 callbacks).
 export function checkFrames(t, label, result, { fps, minRatio = 0.8, maxLatencyMs = 1000 }) {
   const seconds = result.elapsedMs / 1000;
   const expected = fps * seconds;
-  t.check(result.frames >= minRatio * expected, `${label}: rendered frames`,
-    `${result.frames} in ${seconds.toFixed(2)} s = ${(result.frames / seconds).toFixed(1)} fps, ` +
-    `${((100 * result.frames) / expected).toFixed(0)} % of ${expected.toFixed(0)} expected (need ≥ ${minRatio * 100} %)`);
+  t.check(result.painted >= minRatio * expected, `${label}: rendered frames`,
+    `${result.painted} painted in ${seconds.toFixed(2)} s = ${(result.painted / seconds).toFixed(1)} fps, ` +
+    `${((100 * result.painted) / expected).toFixed(0)} % of ${expected.toFixed(0)} expected (need ≥ ${minRatio * 100} %); ` +
+    `${result.delivered} handed to the video element, ${result.frames} seen by the page's frame callback`);
   const s = result.samples;
   const read = Math.ceil(result.frames / (result.every || 1));
   t.check(s.length >= 0.95 * read && s.length > 0, `${label}: timestamp code readable`,
@@ -440,7 +449,7 @@ export function checkFrames(t, label, result, { fps, minRatio = 0.8, maxLatencyM
   const lo = Math.min(...lat), hi = Math.max(...lat);
   t.check(lat.length > 0 && lo >= -50 && hi <= maxLatencyMs, `${label}: latency within ${maxLatencyMs} ms of now`,
     `p50 ${percentile(lat, 50)} ms, p90 ${percentile(lat, 90)} ms, p99 ${percentile(lat, 99)} ms, min ${lo}, max ${hi}`);
-  return { lat, frames: result.frames, seconds };
+  return { lat, frames: result.painted, seconds };
 }
 
 // ---- the control channel (src/rtc/CONTROL.md) -------------------------------------------------
