@@ -127,10 +127,11 @@ await main('talk', async (t) => {
   t.check(true, 'holding Talk: A is talking', `${Date.now() - pressAt} ms after the press (microphone + talk request + replaceTrack)`);
 
   // The browser-side reference: beep onsets on the very track the page sends, with Date.now(). Read with
-  // a MediaStreamTrackProcessor: every 10 ms frame of the track, queued (up to 10 s) while the page's main
+  // a MediaStreamTrackProcessor: every 10 ms frame of the track, queued (up to 1000) while the page's main
   // thread is held up, each stamped with its capture time. (Sampling an analyser from a main-thread timer
   // missed every other beep in a CI run on a starved host: "microphone p50 1030 ms" for a microphone that
-  // beeps every 500 ms.)
+  // beeps every 500 ms.) Chromium may still drop frames from that queue when the page falls far
+  // behind (seen with half a core for everything): how much was read, and its gaps, are printed.
   await evaluate(A.page, () => {
     const track = window.peercam.micTrack;   // itself, not a clone: the mute below must show here too
     const reader = new MediaStreamTrackProcessor({ track, maxBufferSize: 1000 }).readable.getReader();
