@@ -10,7 +10,7 @@
 //      LINKS_RAMP_S (10), LINKS_MEASURE_S (15).
 import { spawn, execFileSync } from 'node:child_process';
 import { randomBytes } from 'node:crypto';
-import { chmodSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
+import { chmodSync, copyFileSync, createWriteStream, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs';
 import { tmpdir } from 'node:os';
 import { dirname, join, resolve } from 'node:path';
 import { fileURLToPath } from 'node:url';
@@ -157,7 +157,13 @@ async function newPage(browser) {
   const errors = [];
   page.on('pageerror', (e) => errors.push(`pageerror: ${e.message}`));
   page.on('console', (m) => { if (m.type() === 'error' && errors.length < 20) errors.push(`console: ${m.text()}`); });
-  return { context, page, errors };
+  // The page's own requests and how each ended (the last 40), for a page that never went live.
+  const requests = [];
+  const note = (r, how) => { requests.push(`${r.method()} ${new URL(r.url()).pathname} ${how}`); if (requests.length > 40) requests.shift(); };
+  page.on('requestfinished', async (r) => note(r, String((await r.response().catch(() => null))?.status() ?? '?')));
+  page.on('requestfailed', (r) => note(r, `failed: ${r.failure()?.errorText}`));
+  page.on('framenavigated', (f) => { if (f === page.mainFrame()) requests.push(`navigated to ${new URL(f.url()).pathname}`); });
+  return { context, page, errors, requests };
 }
 // A page at http://localhost/<name> (a secure context) served by playwright itself: no network.
 async function localPage(browser, name) {
@@ -224,7 +230,13 @@ async function connectPeercam(net, i, name) {
     const deadline = Date.now() + LIVE_TIMEOUT_MS;
     for (;;) {
       const s = await v.page.evaluate(() => ({ state: window.peercam?.state, lastError: window.peercam?.lastError, timing: window.peercam?.timing, attempts: window.peercam?.attempts, frames: window.__links?.frames.length }));
-      if (s.state === 'live' || Date.now() > deadline) return { ...s, ok: s.state === 'live', waitedMs: Date.now() - t };
+      if (s.state === 'live') return { ...s, ok: true, waitedMs: Date.now() - t };
+      if (Date.now() > deadline) {
+        // Not live: say where the page is and whether the app ran at all (CI saw a page with no app twice).
+        const where = await v.page.evaluate(() => ({ url: location.href, title: document.title, readyState: document.readyState,
+          app: typeof window.peercam, scripts: [...document.scripts].map((x) => x.src) })).catch((e) => ({ error: e.message }));
+        return { ...s, ok: false, waitedMs: Date.now() - t, where, pageErrors: v.errors.slice(0, 10), requests: v.requests.slice(-20) };
+      }
       await sleep(100);
     }
   };
@@ -480,6 +492,10 @@ for (const name of RUN) {
     const failedFirst = res.checks.filter((c) => !c.ok);
     if (CHECK && failedFirst.length) {
       console.log(`     ${name} ${sender}: ${failedFirst.length} check(s) failed at load ${res.loadavg} (${failedFirst.map((c) => c.label).join('; ')}); running it once more`);
+      // The first run's record and device log are kept beside the second's (*.first-run.*).
+      writeFileSync(join(ARTIFACTS, `${name}-${sender}.first-run.json`), JSON.stringify(res));
+      const deviceLog = join(ARTIFACTS, `${name}-${sender}-service.log`);
+      if (existsSync(deviceLog)) copyFileSync(deviceLog, join(ARTIFACTS, `${name}-${sender}-service.first-run.log`));
       const again = await runOne(name, sender);
       again.loadavg = readFileSync('/proc/loadavg', 'utf8').split(' ').slice(0, 3).join(' ');
       again.firstRunFailed = failedFirst.map((c) => `${c.label} — ${c.detail}`);

@@ -60,6 +60,9 @@ function buildNet() {
   for (const ns of Object.values(NS)) {
     run(['ip', 'netns', 'add', ns]);
     cleanups.push(async () => run(['ip', 'netns', 'del', ns], { quiet: true }));
+    // IPv4 only: a veth's IPv6 address finishing DAD after Chromium started is a network change to
+    // it, which fails requests in flight (net::ERR_NETWORK_CHANGED; seen in the link rig).
+    for (const k of ['all', 'default']) run(['ip', 'netns', 'exec', ns, 'sysctl', '-q', '-w', `net.ipv6.conf.${k}.disable_ipv6=1`]);
     run(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
   }
   const link = (a, aIf, aAddr, b, bIf, bAddr) => {
