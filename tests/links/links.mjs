@@ -214,6 +214,32 @@ async function startDevice(net, name) {
   return startInNs(net.dev, `${name}-service`, BIN, ['run', '--config', cfg], /listening on /, { env: { RUST_LOG: process.env.RUST_LOG || 'info' } });
 }
 
+// The device draws its timestamp code from its media clock: the wall clock at its start, advanced by
+// the monotonic clock (docs/interfaces.md), so that an NTP step does not jump the streams. This machine's
+// wall clock has been seen to step (2.1 s, 29.3 s) and to drift (100-200 ms within a minute) against the
+// monotonic one, and the viewer's Date.now() - code then counts that as latency (p50 2189 ms at cap1000
+// where 30 ms is normal). So the rig follows (wall - monotonic) from the device's start, every 100 ms,
+// and takes it off each frame's latency: the same offset the device reports as clock.wall_offset_ms.
+// The Chromium sender draws Date.now() itself and needs no correction.
+function wallDrift() {
+  const d = () => Date.now() - Number(process.hrtime.bigint() / 1000000n);
+  const d0 = d();
+  const samples = [[Date.now(), 0]];   // [wall ms, drift ms], bounded below
+  const timer = setInterval(() => { if (samples.length < 20000) samples.push([Date.now(), d() - d0]); }, 100);
+  return {
+    stop: () => clearInterval(timer),
+    now: () => d() - d0,
+    max: () => Math.max(...samples.map(([, o]) => Math.abs(o))),
+    // The drift in force at wall time t: the last sample taken at or before it.
+    at(t) {
+      let lo = 0, hi = samples.length - 1;
+      if (t < samples[0][0]) return 0;
+      while (lo < hi) { const mid = (lo + hi + 1) >> 1; if (samples[mid][0] <= t) lo = mid; else hi = mid - 1; }
+      return samples[lo][1];
+    },
+  };
+}
+
 // ---- one scenario, one sender -------------------------------------------------------------------
 async function connectPeercam(net, i, name) {
   const browser = await launchIn(net.viewerNs(i));
@@ -278,11 +304,13 @@ async function runOne(name, sender) {
     if (l.loss) net.setLoss(k + 1, l.loss);
   });
   res.links = sc.links.map((l, k) => ({ ...l, qdisc: l.cap != null ? `tbf ${tbfArgs(l.cap).join(' ')}` : 'none (veth, no qdisc)' , viewer: net.viewerAddr(k + 1), device: net.devAddr(k + 1) }));
-  let device = null, senderPage = null;
+  let device = null, senderPage = null, drift = null;
   const viewers = [];
   try {
     if (sender === 'peercam') {
       device = await startDevice(net, tag);
+      drift = wallDrift();
+      cleanups.push(async () => drift.stop());
       for (let i = 1; i <= sc.links.length; i++) viewers.push(await connectPeercam(net, i, `v${i}`));
     } else {
       const b = await launchIn(net.dev);
@@ -334,6 +362,17 @@ async function runOne(name, sender) {
         : {};
       const shot = join(ARTIFACTS, `${tag}-${v.name}.png`);
       await v.page.screenshot({ path: shot }).catch((e) => res.errors.push(`screenshot: ${e.message}`));
+      if (drift) {
+        for (const f of data.frames) if (f[1] != null) f[1] -= drift.at(f[0]);
+      }
+      if (drift && !res.clock) {
+        const reported = extra.device?.clock?.wall_offset_ms;
+        res.clock = { driftMaxMs: drift.max(), driftAtEndMs: drift.now(), deviceWallOffsetMs: reported ?? null };
+        if (res.clock.driftMaxMs >= 20) {
+          (res.notes ||= []).push(`the wall clock moved up to ${res.clock.driftMaxMs} ms against the monotonic clock during the run ` +
+            `(${res.clock.driftAtEndMs} ms at the end; the device reports ${reported ?? '?'} ms): latencies are corrected by it`);
+        }
+      }
       res.viewers.push({
         name: v.name, link: k + 1, cap: sc.links[k].cap, loss: sc.links[k].loss || 0, opened: v.opened, live: v.liveInfo,
         candidates: v.candidates, net: net.counters(k + 1), ...extra, pageErrors: v.errors, screenshot: shot,
@@ -442,7 +481,7 @@ function evaluate(res) {
 
 function report(res) {
   const tag = `${res.scenario} ${res.sender}`;
-  for (const line of res.info || []) console.log(`     ${tag}: ${line}`);
+  for (const line of [...(res.info || []), ...(res.notes || [])]) console.log(`     ${tag}: ${line}`);
   for (const c of res.checks) console.log(`${c.ok ? 'PASS' : 'FAIL'} ${tag}: ${c.label} — ${c.detail}`);
 }
 
