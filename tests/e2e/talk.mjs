@@ -136,7 +136,10 @@ await main('talk', async (t) => {
     const track = window.peercam.micTrack;   // itself, not a clone: the mute below must show here too
     const reader = new MediaStreamTrackProcessor({ track, maxBufferSize: 1000 }).readable.getReader();
     // A frame's timestamp (µs) is on performance.now()'s clock (measured: within 10 ms of the frame's
-    // arrival when the page keeps up), so timeOrigin + timestamp is its Date.now() however late it is read.
+    // arrival when the page keeps up), a steady clock. It is put on Date.now()'s clock (which the file's
+    // side uses) with their distance as the frame is read, not with performance.timeOrigin (fixed at
+    // the page's load): this machine's wall clock moves against the steady one now and then, and one
+    // CI run read p50 -845 ms, a delay before the sound, with the two ~1 s apart since the load.
     const env = [];   // [Date.now() at capture, peak of ~2.7 ms]
     let buf = new Float32Array(0);
     window.__envelopeStop = async () => { await reader.cancel(); return env; };
@@ -144,13 +147,14 @@ await main('talk', async (t) => {
       for (;;) {
         const { value: data, done } = await reader.read();
         if (done) return;
+        const wallMinusSteady = Date.now() - performance.now();
         if (buf.length < data.numberOfFrames) buf = new Float32Array(data.numberOfFrames);
         data.copyTo(buf, { planeIndex: 0, format: 'f32-planar' });
         const block = Math.max(1, Math.round(data.sampleRate * 0.0027));
         for (let i = 0; i < data.numberOfFrames; i += block) {
           let p = 0;
           for (let j = i; j < Math.min(i + block, data.numberOfFrames); j++) p = Math.max(p, Math.abs(buf[j]));
-          env.push([performance.timeOrigin + data.timestamp / 1000 + (1000 * i) / data.sampleRate, p]);
+          env.push([wallMinusSteady + data.timestamp / 1000 + (1000 * i) / data.sampleRate, p]);
         }
         data.close();
       }

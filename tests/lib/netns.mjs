@@ -1,7 +1,8 @@
 // Processes in network namespaces the test made (`ip netns`), for the multi-namespace stages
-// (tests/remote, tests/whip): run a command, start a long-lived process with its log in the
-// artifacts and wait for its ready line, wait for a line in a log, and a Chromium that runs inside
-// one namespace (driven by playwright through a pipe, so the test itself needs no network).
+// (tests/remote, tests/whip): make a namespace (addNetns, also used by tests/links), run a command,
+// start a long-lived process with its log in the artifacts and wait for its ready line, wait for a
+// line in a log, and a Chromium that runs inside one namespace (driven by playwright through a pipe,
+// so the test itself needs no network).
 import { spawn, execFileSync } from 'node:child_process';
 import { chmodSync, createWriteStream, writeFileSync } from 'node:fs';
 import { join } from 'node:path';
@@ -18,6 +19,16 @@ export const run = (args, { quiet = false, input } = {}) => {
   }
 };
 export const nsx = (ns, ...a) => run(['ip', 'netns', 'exec', ns, ...a]);
+
+// A new network namespace with lo up and IPv6 off. The rigs are IPv4, and a veth's IPv6 link-local
+// address that finishes DAD a second or two after the link comes up is an address change to Chromium,
+// which fails the requests in flight with net::ERR_NETWORK_CHANGED (the link rig lost a page's app.js
+// to it). Off before any link exists, so no IPv6 address ever appears.
+export function addNetns(name) {
+  run(['ip', 'netns', 'add', name]);
+  for (const k of ['all', 'default']) nsx(name, 'sysctl', '-q', '-w', `net.ipv6.conf.${k}.disable_ipv6=1`);
+  run(['ip', '-n', name, 'link', 'set', 'lo', 'up']);
+}
 
 // `artifacts`: where logs go; `tmp`: scratch (the Chromium wrappers); `cleanups`: an array the
 // caller empties at the end (stop functions are pushed onto it); `env`: extra environment of

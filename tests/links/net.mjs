@@ -11,6 +11,7 @@
 // iptables OUTPUT filter that drops everything that is not loopback or its own 10.77.N.0/24 link.
 // IP forwarding is off in new namespaces, so nothing crosses the device namespace either.
 import { execFileSync } from 'node:child_process';
+import { addNetns } from '../lib/netns.mjs';
 
 const run = (args, { quiet = false } = {}) => {
   try {
@@ -48,15 +49,7 @@ export class Net {
   viewerAddr(i) { return `10.77.${i}.2`; }
 
   create() {
-    // IPv6 off in every namespace: the rig is IPv4, and a veth's link-local address finishing DAD
-    // ~1-2 s after the link comes up is an address change to Chromium, which then fails requests
-    // in flight with net::ERR_NETWORK_CHANGED. CI lost a scenario's first run to it twice (the
-    // page's app.js, during the login redirect). Set before any link exists, so no address appears.
-    const ns = (name) => {
-      run(['ip', 'netns', 'add', name]); this.created.push(name);
-      for (const k of ['all', 'default']) run(['ip', 'netns', 'exec', name, 'sysctl', '-q', '-w', `net.ipv6.conf.${k}.disable_ipv6=1`]);
-      run(['ip', '-n', name, 'link', 'set', 'lo', 'up']);
-    };
+    const ns = (name) => { addNetns(name); this.created.push(name); };   // lo up, IPv6 off (tests/lib/netns.mjs)
     ns(this.dev);
     // the device's own egress filter: loopback and the test links only
     this.outputFilter(this.dev, '10.77.0.0/16');

@@ -19,7 +19,7 @@ import { join, dirname } from 'node:path';
 import { fileURLToPath } from 'node:url';
 import { chromium } from 'playwright-core';
 import { installProbe, probeFor, checkFrames, evaluate, sleep, openViewer, waitForLive, percentile } from '../e2e/lib.mjs';
-import { netns, run, nsx } from '../lib/netns.mjs';
+import { addNetns, netns, run, nsx } from '../lib/netns.mjs';
 
 const HERE = dirname(fileURLToPath(import.meta.url));
 const ROOT = join(HERE, '../..');
@@ -58,12 +58,8 @@ const { startInNs, logWait, chromiumWrapper } = netns({ artifacts: ARTIFACTS, tm
 const NS = { dev: `${P}-dev`, sfu: `${P}-sfu` };
 function buildNet() {
   for (const ns of Object.values(NS)) {
-    run(['ip', 'netns', 'add', ns]);
+    addNetns(ns);
     cleanups.push(async () => run(['ip', 'netns', 'del', ns], { quiet: true }));
-    // IPv4 only: a veth's IPv6 address finishing DAD after Chromium started is a network change to
-    // it, which fails requests in flight (net::ERR_NETWORK_CHANGED; seen in the link rig).
-    for (const k of ['all', 'default']) run(['ip', 'netns', 'exec', ns, 'sysctl', '-q', '-w', `net.ipv6.conf.${k}.disable_ipv6=1`]);
-    run(['ip', '-n', ns, 'link', 'set', 'lo', 'up']);
   }
   run(['ip', 'link', 'add', `${P}d0`, 'type', 'veth', 'peer', 'name', `${P}s0`]);
   run(['ip', 'link', 'set', `${P}d0`, 'netns', NS.dev]);
