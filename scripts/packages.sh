@@ -5,7 +5,7 @@
 # the host: building, and every test stage that runs on the host
 PEERCAM_HOST_PACKAGES=(
   build-essential libc6-dev pkg-config cmake nasm clang libclang-dev libasound2-dev  # build
-  iproute2 util-linux iptables          # unshare/ip/tc/iptables for the test namespaces and link rig
+  iproute2 util-linux iptables procps   # unshare/ip/tc/iptables/sysctl for the test namespaces and link rig
   faketime                              # libfaketime: moves the wall clock of a running service (tests/security, clock faults)
   chromium                              # browser end-to-end tests
   python3-venv python3-pip              # aiortc interop tests

@@ -362,9 +362,7 @@ async function runOne(name, sender) {
         : {};
       const shot = join(ARTIFACTS, `${tag}-${v.name}.png`);
       await v.page.screenshot({ path: shot }).catch((e) => res.errors.push(`screenshot: ${e.message}`));
-      if (drift) {
-        for (const f of data.frames) if (f[1] != null) f[1] -= drift.at(f[0]);
-      }
+      if (drift) for (const f of data.frames) if (f[1] != null) f[1] -= drift.at(f[0]);
       if (drift && !res.clock) {
         const reported = extra.device?.clock?.wall_offset_ms;
         res.clock = { driftMaxMs: drift.max(), driftAtEndMs: drift.now(), deviceWallOffsetMs: reported ?? null };
