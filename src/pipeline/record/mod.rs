@@ -178,6 +178,8 @@ impl Recorder {
         let broken = Arc::new(AtomicBool::new(false));
         let current = Arc::new(Mutex::new(None));
         let writer = DiskWriter::new(settings.clone(), stats.clone(), event_tx, broken.clone(), current.clone());
+        // Before the service says it is ready: a torn clip must never be listed or served.
+        writer.repair();
         let writer = std::thread::Builder::new().name("record-writer".into()).spawn(move || writer.run(write_rx))?;
         let reader = ClipReader::new(settings.clone(), hub, stats.clone(), write_tx, broken);
         let (stop, stop_rx) = tokio::sync::watch::channel(false);
@@ -1026,7 +1028,6 @@ impl DiskWriter {
     }
 
     fn run(mut self, rx: std_mpsc::Receiver<ToWriter>) {
-        self.repair();
         loop {
             match rx.recv_timeout(Duration::from_secs(60)) {
                 Ok(ToWriter::Open { name, init, offsets, trigger, start_ms }) => {
@@ -1321,5 +1322,40 @@ mod tests {
             end = e;
         }
         assert_eq!(end, (59 * 33 + 33) * 90, "the last sample keeps the previous duration");
+    }
+
+    /// A clip torn by a power cut is cut back before `start` returns (before the service says it
+    /// is ready): the API must never list or serve the torn end. CI once saw the repair lose the
+    /// race with the first request when it ran on the writer thread.
+    #[tokio::test]
+    async fn a_torn_clip_is_repaired_before_start_returns() {
+        let dir = std::env::temp_dir().join(format!("peercam-record-repair-{}", std::process::id()));
+        let _ = fs::remove_dir_all(&dir);
+        fs::create_dir_all(&dir).unwrap();
+        let tracks = fmp4::Tracks { width: 64, height: 64, sps: vec![0x67, 0x42, 0xc0, 0x1f, 1, 2], pps: vec![0x68, 1], audio_channels: None };
+        let (mut data, _) = fmp4::init_segment(&tracks);
+        let mut whole = 0;
+        for seq in 1..=3u32 {
+            let run = fmp4::Run {
+                track_id: 1,
+                base_time: (seq as u64 - 1) * 90_000,
+                samples: vec![fmp4::Sample { duration: 90_000, size: 500, sync: true }],
+                data: vec![0; 500],
+            };
+            data.extend(fmp4::fragment(seq, &[run]));
+            if seq == 2 {
+                whole = data.len();
+            }
+        }
+        let name = clip_name(1_764_677_730_123, "motion");
+        fs::write(dir.join(&name), &data[..data.len() - 100]).unwrap();
+        let mut cfg = RecordConfig::default();
+        cfg.mode = RecordMode::Events;
+        let settings = RecordSettings::from_config(&cfg, dir.clone(), (64, 64));
+        let rec = Recorder::start(settings, Hub::new()).unwrap().unwrap();
+        assert_eq!(fs::metadata(dir.join(&name)).unwrap().len(), whole as u64, "cut to the end of fragment 2");
+        assert_eq!(probe_duration_ms(&dir.join(&name)), Some(2000));
+        drop(rec);
+        let _ = fs::remove_dir_all(&dir);
     }
 }
