@@ -4,6 +4,7 @@
 'use strict';
 
 const $ = (id) => document.getElementById(id);
+$('noapp')?.remove();   // the script did load (index.html: the hint for when it does not)
 const stage = $('stage'), video = $('video'), statusEl = $('status'), statusText = $('status-text');
 const unmuteBtn = $('unmute'), unmuteText = $('unmute-text'), statsEl = $('stats');
 const statsBtn = $('btn-stats'), fullscreenBtn = $('btn-fullscreen');

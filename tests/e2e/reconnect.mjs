@@ -1,5 +1,6 @@
 // The device restarts while a viewer watches: the page notices, says so, shows the device's own error
 // text while it refuses (a stand-in answers 503 on the same port), and goes live again by itself.
+// First, a page whose script does not load at all says so and offers a reload.
 import { createServer } from 'node:http';
 import { join } from 'node:path';
 import {
@@ -20,8 +21,37 @@ await main('reconnect', async (t) => {
   const svc = await startService({ name: 'reconnect', config: { video: { fps: FPS } } });
   const { hostname, port } = new URL(svc.url);
   const browser = await launchBrowser({ autoplay: true });
+
+  // The page's script fails to load (a connection dropped mid-load): the page says so by itself
+  // (CSS only: no script runs) after 8 s, and its link loads the page again.
+  {
+    const context = await browser.newContext();
+    const p = await context.newPage();
+    let block = true;
+    await context.route('**/app.js', (r) => (block ? r.abort('failed') : r.continue()));
+    const t0 = Date.now();
+    await p.goto(svc.url);
+    const hint = p.locator('#noapp');
+    const early = await hint.isVisible();
+    await hint.waitFor({ state: 'visible', timeout: 20000 }).catch(() => {});
+    const ms = Date.now() - t0;
+    const text = (await hint.isVisible()) ? await hint.innerText() : '(not shown)';
+    t.check(!early && /script has not loaded/i.test(text) && ms >= 7000, 'app.js blocked: the page says its script did not load, after ~8 s',
+      `shown after ${ms} ms, not at once: ${!early}; "${text}"`);
+    await p.screenshot({ path: join(ARTIFACTS, 'reconnect-noapp.png') });
+    block = false;
+    await p.getByRole('link', { name: /reload/i }).click();
+    let reloaded = 'live';
+    await waitForLive(p).catch((e) => { reloaded = e.message; });
+    const gone = await hint.count();
+    t.check(reloaded === 'live' && gone === 0, 'its link reloads the page, which goes live without the hint',
+      `${reloaded}; hint elements ${gone}`);
+    await context.close();
+  }
+
   const { page, errors } = await openViewer(browser, svc.url);
   await waitForLive(page);
+  t.check(await page.locator('#noapp').count() === 0, 'a page whose script ran has no "script has not loaded" hint', '');
   await installProbe(page);
 
   const exit = await svc.stop();
