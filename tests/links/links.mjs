@@ -214,30 +214,51 @@ async function startDevice(net, name) {
   return startInNs(net.dev, `${name}-service`, BIN, ['run', '--config', cfg], /listening on /, { env: { RUST_LOG: process.env.RUST_LOG || 'info' } });
 }
 
-// The device draws its timestamp code from its media clock: the wall clock at its start, advanced by
-// the monotonic clock (docs/interfaces.md), so that an NTP step does not jump the streams. This machine's
-// wall clock has been seen to step (2.1 s, 29.3 s) and to drift (100-200 ms within a minute) against the
-// monotonic one, and the viewer's Date.now() - code then counts that as latency (p50 2189 ms at cap1000
-// where 30 ms is normal). So the rig follows (wall - monotonic) from the device's start, every 100 ms,
-// and takes it off each frame's latency: the same offset the device reports as clock.wall_offset_ms.
+// ---- the rig's clock ---------------------------------------------------------------------------------
+// This machine's wall clock has been seen to step (2.1 s, 29.3 s) and to drift (100-200 ms within a
+// minute) against the monotonic one. The pages stamp frames and stats with Date.now(); the rig keeps its
+// timeline on a steady clock instead (`now()`: Unix ms at the rig's start + monotonic time since) and puts
+// every page stamp on it with the (wall - steady) offset it samples every 100 ms. A step then neither
+// shows as a frame gap (a freeze) nor moves frames out of their measuring window.
+// The device draws its timestamp code from its media clock: the wall clock at its start, advanced by the
+// monotonic clock (docs/interfaces.md), so that an NTP step does not jump the streams. Date.now() - code
+// then counts the wall clock's moves since the device started as latency (p50 2189 ms at cap1000 where
+// 30 ms is normal), so that much is taken off each frame's latency: the device's clock.wall_offset_ms.
 // The Chromium sender draws Date.now() itself and needs no correction.
-function wallDrift() {
-  const d = () => Date.now() - Number(process.hrtime.bigint() / 1000000n);
-  const d0 = d();
-  const samples = [[Date.now(), 0]];   // [wall ms, drift ms], bounded below
-  const timer = setInterval(() => { if (samples.length < 20000) samples.push([Date.now(), d() - d0]); }, 100);
-  return {
-    stop: () => clearInterval(timer),
-    now: () => d() - d0,
-    max: () => Math.max(...samples.map(([, o]) => Math.abs(o))),
-    // The drift in force at wall time t: the last sample taken at or before it.
-    at(t) {
-      let lo = 0, hi = samples.length - 1;
-      if (t < samples[0][0]) return 0;
-      while (lo < hi) { const mid = (lo + hi + 1) >> 1; if (samples[mid][0] <= t) lo = mid; else hi = mid - 1; }
-      return samples[lo][1];
-    },
+const monoMs = () => Number(process.hrtime.bigint()) / 1e6;
+const WALL0 = Date.now(), MONO0 = monoMs();
+const now = () => Math.round(WALL0 + (monoMs() - MONO0));
+const wallOffset = (() => {
+  const off = () => Date.now() - now();
+  const samples = [[Date.now(), off()]];   // [wall ms, offset ms]: a new one when it moved; bounded
+  setInterval(() => {
+    const o = off();
+    if (Math.abs(o - samples.at(-1)[1]) >= 1 && samples.length < 100000) samples.push([Date.now(), o]);
+  }, 100).unref();
+  // The offset in force at wall time t: the last sample taken at or before it (after a backward step
+  // wall times repeat and the earlier reading is taken; rare, and said in the scenario's notes).
+  const at = (t) => {
+    let lo = 0, hi = samples.length - 1;
+    if (t < samples[0][0]) return samples[0][1];
+    while (lo < hi) { const mid = (lo + hi + 1) >> 1; if (samples[mid][0] <= t) lo = mid; else hi = mid - 1; }
+    return samples[lo][1];
   };
+  return {
+    now: off,
+    at,
+    // (Only for stamps without a steady twin: off by the step for up to 100 ms after one.)
+    toSteady: (t) => t - at(t),
+    // The largest move against `base` seen from steady time `from` on.
+    maxSince: (from, base) => Math.max(0, ...samples.filter(([w, o]) => w - o >= from).map(([, o]) => Math.abs(o - base))),
+  };
+})();
+
+// What to add to a page's performance.now() to get the rig's now(): both count the same monotonic
+// clock, so this holds for the page's life (read to within half an evaluate round trip, ~1 ms).
+async function pageClock(page) {
+  const a = now();
+  const p = await page.evaluate(() => performance.now());
+  return (a + now()) / 2 - p;
 }
 
 // ---- one scenario, one sender -------------------------------------------------------------------
@@ -245,7 +266,7 @@ async function connectPeercam(net, i, name) {
   const browser = await launchIn(net.viewerNs(i));
   const v = await newPage(browser);
   const url = `http://${net.devAddr(i)}:${HTTP_PORT}/`;
-  const t = Date.now();
+  const t = now();
   await v.page.goto(`${url}login`, { timeout: 20000 });
   await v.page.fill('#password', PASSWORD);
   await Promise.all([v.page.waitForURL(url, { timeout: 20000 }), v.page.press('#password', 'Enter')]);
@@ -253,15 +274,15 @@ async function connectPeercam(net, i, name) {
   v.opened = t;
   v.name = name;
   v.live = async () => {
-    const deadline = Date.now() + LIVE_TIMEOUT_MS;
+    const deadline = now() + LIVE_TIMEOUT_MS;
     for (;;) {
       const s = await v.page.evaluate(() => ({ state: window.peercam?.state, lastError: window.peercam?.lastError, timing: window.peercam?.timing, attempts: window.peercam?.attempts, frames: window.__links?.frames.length }));
-      if (s.state === 'live') return { ...s, ok: true, waitedMs: Date.now() - t };
-      if (Date.now() > deadline) {
+      if (s.state === 'live') return { ...s, ok: true, waitedMs: now() - t };
+      if (now() > deadline) {
         // Not live: say where the page is and whether the app ran at all (CI saw a page with no app twice).
         const where = await v.page.evaluate(() => ({ url: location.href, title: document.title, readyState: document.readyState,
           app: typeof window.peercam, scripts: [...document.scripts].map((x) => x.src) })).catch((e) => ({ error: e.message }));
-        return { ...s, ok: false, waitedMs: Date.now() - t, where, pageErrors: v.errors.slice(0, 10), requests: v.requests.slice(-20) };
+        return { ...s, ok: false, waitedMs: now() - t, where, pageErrors: v.errors.slice(0, 10), requests: v.requests.slice(-20) };
       }
       await sleep(100);
     }
@@ -272,7 +293,7 @@ async function connectPeercam(net, i, name) {
 async function connectC2c(net, sender, i, name) {
   const browser = await launchIn(net.viewerNs(i));
   const v = await localPage(browser, 'viewer');
-  const t = Date.now();
+  const t = now();
   const offer = await v.page.evaluate(receiverOffer);
   await v.page.evaluate(installCollector, 'c2c');
   const answer = await sender.page.evaluate(([id, o]) => window.S.answer(id, o), [name, offer]);
@@ -281,10 +302,10 @@ async function connectC2c(net, sender, i, name) {
   v.name = name;
   v.candidates = { offer: (offer.match(/^a=candidate:.*$/gm) || []).map((c) => c.split(' ').slice(4, 8).join(' ')), answer: (answer.match(/^a=candidate:.*$/gm) || []).map((c) => c.split(' ').slice(4, 8).join(' ')) };
   v.live = async () => {
-    const deadline = Date.now() + LIVE_TIMEOUT_MS;
+    const deadline = now() + LIVE_TIMEOUT_MS;
     for (;;) {
       const s = await v.page.evaluate(() => ({ state: window.rx.connectionState, frames: window.__links?.frames.length }));
-      if (s.state === 'connected' || Date.now() > deadline) return { ...s, ok: s.state === 'connected', waitedMs: Date.now() - t };
+      if (s.state === 'connected' || now() > deadline) return { ...s, ok: s.state === 'connected', waitedMs: now() - t };
       await sleep(100);
     }
   };
@@ -304,13 +325,13 @@ async function runOne(name, sender) {
     if (l.loss) net.setLoss(k + 1, l.loss);
   });
   res.links = sc.links.map((l, k) => ({ ...l, qdisc: l.cap != null ? `tbf ${tbfArgs(l.cap).join(' ')}` : 'none (veth, no qdisc)' , viewer: net.viewerAddr(k + 1), device: net.devAddr(k + 1) }));
-  let device = null, senderPage = null, drift = null;
+  let device = null, senderPage = null, deviceOffset = null, deviceStart = null;
   const viewers = [];
   try {
     if (sender === 'peercam') {
       device = await startDevice(net, tag);
-      drift = wallDrift();
-      cleanups.push(async () => drift.stop());
+      deviceOffset = wallOffset.now();
+      deviceStart = now();
       for (let i = 1; i <= sc.links.length; i++) viewers.push(await connectPeercam(net, i, `v${i}`));
     } else {
       const b = await launchIn(net.dev);
@@ -328,26 +349,26 @@ async function runOne(name, sender) {
       log(`  ${tag} ${v.name}: ${v.liveInfo.ok ? 'connected' : 'NOT connected'} after ${v.liveInfo.waitedMs} ms ${JSON.stringify(v.liveInfo)}`);
       if (!v.liveInfo.ok) res.errors.push(`${v.name} not connected within ${LIVE_TIMEOUT_MS} ms: ${JSON.stringify(v.liveInfo)}`);
     }
-    const t0 = res.t0 = Date.now();
+    const t0 = res.t0 = now();
     res.events.push({ t: 0, what: `start: ${sc.links.map((l, k) => `link ${k + 1} ${l.cap != null ? `${l.cap} kbit/s` : 'uncapped'}${l.loss ? ` ${l.loss * 100} % loss` : ''}`).join(', ')}` });
     // The device's CPU by thread over the measuring window (after the ramp), for the ladder's
     // cost: one viewer on main leaves the low rung unread (not encoded); one on a capped link
     // reads only the low rung; two viewers read both.
     const cpuWindow = device && !sc.steps.length ? (async () => {
-      await sleep(Math.max(0, t0 + RAMP_S * 1000 - Date.now()));
+      await sleep(Math.max(0, t0 + RAMP_S * 1000 - now()));
       const snap = cpuSnapshot(device.proc.pid);
-      await sleep(Math.max(0, t0 + (RAMP_S + MEASURE_S) * 1000 - Date.now()));
+      await sleep(Math.max(0, t0 + (RAMP_S + MEASURE_S) * 1000 - now()));
       return cpuSince(snap);
     })().catch((e) => ({ error: String(e) })) : null;
     for (const st of sc.steps) {
-      await sleep(Math.max(0, t0 + st.at * 1000 - Date.now()));
+      await sleep(Math.max(0, t0 + st.at * 1000 - now()));
       net.setCap(st.link, st.cap);
-      const at = (Date.now() - t0) / 1000;
+      const at = (now() - t0) / 1000;
       res.events.push({ t: at, what: `link ${st.link} → ${st.cap} kbit/s`, link: st.link, cap: st.cap });
       log(`  ${tag}: t=${at.toFixed(2)} s link ${st.link} cap → ${st.cap} kbit/s (tc qdisc change)`);
     }
-    await sleep(Math.max(0, t0 + sc.end * 1000 - Date.now()));
-    res.tEnd = Date.now();
+    await sleep(Math.max(0, t0 + sc.end * 1000 - now()));
+    res.tEnd = now();
     if (cpuWindow) {
       res.deviceCpu = await cpuWindow;
       log(`  ${tag}: device CPU over the measuring window ${JSON.stringify(res.deviceCpu)}`);
@@ -362,13 +383,24 @@ async function runOne(name, sender) {
         : {};
       const shot = join(ARTIFACTS, `${tag}-${v.name}.png`);
       await v.page.screenshot({ path: shot }).catch((e) => res.errors.push(`screenshot: ${e.message}`));
-      if (drift) for (const f of data.frames) if (f[1] != null) f[1] -= drift.at(f[0]);
-      if (drift && !res.clock) {
+      // Each stamp onto the rig's clock through the page's own steady one (performance.now(), the
+      // same monotonic clock): exact for every frame, also those between two offset samples.
+      const toRig = await pageClock(v.page);
+      for (const f of data.frames) {
+        const steady = f[5] + toRig;
+        if (f[1] != null && deviceOffset != null) f[1] = Math.round(f[1] - (f[0] - steady) + deviceOffset);
+        f[0] = Math.round(steady);
+        f.length = 5;
+      }
+      for (const st of data.stats) { st.t = Math.round(st.steady + toRig); delete st.steady; }
+      if (!res.clock) {
+        const base = deviceOffset ?? wallOffset.at(res.t0);
         const reported = extra.device?.clock?.wall_offset_ms;
-        res.clock = { driftMaxMs: drift.max(), driftAtEndMs: drift.now(), deviceWallOffsetMs: reported ?? null };
-        if (res.clock.driftMaxMs >= 20) {
-          (res.notes ||= []).push(`the wall clock moved up to ${res.clock.driftMaxMs} ms against the monotonic clock during the run ` +
-            `(${res.clock.driftAtEndMs} ms at the end; the device reports ${reported ?? '?'} ms): latencies are corrected by it`);
+        res.clock = { movedMaxMs: wallOffset.maxSince(deviceStart ?? t0, base), movedAtEndMs: wallOffset.now() - base, deviceWallOffsetMs: reported ?? null };
+        if (res.clock.movedMaxMs >= 20) {
+          (res.notes ||= []).push(`the wall clock moved up to ${res.clock.movedMaxMs} ms against the monotonic clock during the run ` +
+            `(${res.clock.movedAtEndMs} ms at the end; the device reports ${reported ?? '?'} ms): frame and stats times are put on the ` +
+            `steady clock${deviceOffset != null ? ' and latencies corrected by it' : ''}`);
         }
       }
       res.viewers.push({
@@ -377,7 +409,7 @@ async function runOne(name, sender) {
         bad: data.bad, probeErrors: data.errors, frames: data.frames, stats: data.stats,
       });
     }
-    if (senderPage) res.senderStats = await senderPage.page.evaluate(() => window.S.stats);
+    if (senderPage) res.senderStats = (await senderPage.page.evaluate(() => window.S.stats)).map((x) => ({ ...x, t: wallOffset.toSteady(x.t) }));
     if (device?.crashed()) res.errors.push(`peercam exited on its own: ${JSON.stringify(device.crashed())} (log ${device.logPath})`);
   } catch (e) {
     res.errors.push(e?.stack || String(e));

@@ -1,5 +1,6 @@
 // Numbers from what a viewer page recorded (page.mjs installCollector): frames [wall, latency, w, h,
-// presentedFrames] and one getStats() digest per second. All times are Date.now() ms; windows are
+// presentedFrames] and one getStats() digest per second. All times are ms on the rig's steady clock
+// (links.mjs: Unix ms at its start + monotonic time; the pages' stamps are put on it); windows are
 // [a, b] in the same clock.
 
 export function percentile(values, p) {

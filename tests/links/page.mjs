@@ -9,8 +9,9 @@
 
 // The receiver probe, for the peercam page (`mode` 'peercam': <video id=video>, window.peercam.pc) or
 // the Chromium→Chromium receiver page ('c2c': <video id=v>, window.rx). It records
-//   frames: [wall ms, latency ms | null (no readable code), width, height, presentedFrames]
-//           for every requestVideoFrameCallback (presentedFrames counts frames a late callback skipped)
+//   frames: [wall ms, latency ms | null (no readable code), width, height, presentedFrames, steady ms]
+//           for every requestVideoFrameCallback (presentedFrames counts frames a late callback skipped;
+//           steady: performance.now(), which a wall-clock step does not move — links.mjs, the rig's clock)
 //   stats:  one getStats() digest per second (inbound-rtp video + audio, candidate pair, transport)
 export function installCollector(mode) {
   if (window.__links) return;
@@ -58,7 +59,7 @@ export function installCollector(mode) {
         if (latency > M / 2) latency -= M; else if (latency < -M / 2) latency += M;
       }
     } catch (e) { L.bad++; if (L.errors.length < 5) L.errors.push(String(e)); }
-    L.frames.push([wall, latency, meta.width, meta.height, meta.presentedFrames]);
+    L.frames.push([wall, latency, meta.width, meta.height, meta.presentedFrames, performance.now()]);
   };
   video.requestVideoFrameCallback(onFrame);
 
@@ -70,7 +71,7 @@ export function installCollector(mode) {
   const AUDIO = ['packetsLost', 'packetsReceived', 'bytesReceived', 'headerBytesReceived', 'concealedSamples', 'totalSamplesReceived'];
   const sample = async () => {
     const pc = pcOf();
-    const out = { t: Date.now(), gen: genOf(), state: pc?.connectionState ?? 'none' };
+    const out = { t: Date.now(), steady: performance.now(), gen: genOf(), state: pc?.connectionState ?? 'none' };
     if (pc) {
       try {
         const st = await pc.getStats();
