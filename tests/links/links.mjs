@@ -217,9 +217,11 @@ async function startDevice(net, name) {
 // ---- the rig's clock ---------------------------------------------------------------------------------
 // This machine's wall clock has been seen to step (2.1 s, 29.3 s) and to drift (100-200 ms within a
 // minute) against the monotonic one. The pages stamp frames and stats with Date.now(); the rig keeps its
-// timeline on a steady clock instead (`now()`: Unix ms at the rig's start + monotonic time since) and puts
-// every page stamp on it with the (wall - steady) offset it samples every 100 ms. A step then neither
-// shows as a frame gap (a freeze) nor moves frames out of their measuring window.
+// timeline on a steady clock instead (`now()`: Unix ms at the rig's start + monotonic time since). The
+// pages stamp performance.now() too, which counts the same monotonic clock, and each page's stamps are put
+// on the rig's clock with one offset (pageClock). A step then neither shows as a frame gap (a freeze) nor
+// moves frames out of their measuring window. The (wall - steady) offset, sampled every 100 ms, gives the
+// latency correction's base, the notes, and the few stamps without a steady twin (the sender's stats).
 // The device draws its timestamp code from its media clock: the wall clock at its start, advanced by the
 // monotonic clock (docs/interfaces.md), so that an NTP step does not jump the streams. Date.now() - code
 // then counts the wall clock's moves since the device started as latency (p50 2189 ms at cap1000 where
