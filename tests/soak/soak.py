@@ -119,7 +119,10 @@ def proc_numbers(pid: int) -> tuple[int, int, int]:
 def fd_kinds(pid: int) -> Counter:
     """What the process's fds are: a path, `anon_inode:[eventfd]`-style kinds, or a socket by its
     table (tcp/udp/unix, tcp listening as `tcp-listen`). The sampler prints the kinds beyond those
-    at the start, so a count that moves says what moved."""
+    at the start, so a count that moves says what moved. `socket:tcp` are the clients' HTTP
+    requests and PeerJS WebSockets open at this instant: they come and go with the churn (one or
+    two per client), so the flatness check uses fds without them; that none is left is the drain
+    check's job."""
     tables: dict[str, str] = {}
     for table in ("tcp", "tcp6", "udp", "udp6", "unix"):
         try:
@@ -142,31 +145,6 @@ def fd_kinds(pid: int) -> Counter:
             target = f"socket:{tables.get(target[8:-1], '?')}"
         kinds[target] += 1
     return kinds
-
-
-def client_connections(pid: int) -> int:
-    """The process's TCP sockets that are not listening: clients' HTTP requests and PeerJS
-    WebSockets open at this instant. They come and go with the churn (one or two per client), so
-    the flatness check uses fds without them; that none is left is the drain check's job."""
-    inodes = set()
-    for fd in os.listdir(f"/proc/{pid}/fd"):
-        try:
-            target = os.readlink(f"/proc/{pid}/fd/{fd}")
-        except OSError:
-            continue
-        if target.startswith("socket:["):
-            inodes.add(target[8:-1])
-    n = 0
-    for table in ("tcp", "tcp6"):
-        try:
-            lines = Path(f"/proc/{pid}/net/{table}").read_text().splitlines()[1:]
-        except OSError:
-            continue
-        for line in lines:
-            cols = line.split()
-            if len(cols) > 9 and cols[3] != "0A" and cols[9] in inodes:  # 0A = LISTEN
-                n += 1
-    return n
 
 
 def viewers(base: str) -> int:
@@ -375,8 +353,8 @@ START_FD_KINDS: Counter = Counter()
 
 def sample(pid: int, base: str, t: float, phase: str) -> dict:
     rss, fds, threads = proc_numbers(pid)
-    conns = client_connections(pid)
     kinds = fd_kinds(pid)
+    conns = kinds["socket:tcp"]
     extra = kinds - START_FD_KINDS
     # The talk-back speaker is open only while someone talks: its ALSA file PCM (asound.conf below)
     # holds /dev/null twice (the file and the null slave). A CI run read that as "+13 % growth" of
