@@ -28,9 +28,8 @@ function speakerConfig(dir) {
 }
 
 // The microphone: a WAV that Chromium's fake capture device loops (--use-file-for-fake-audio-capture):
-// a 40 ms tone burst every 500 ms, each of the eight a different pitch. Chromium's own fake beep came
-// 500 ms apart in one run and 1000 ms in the next (the written file agreed each time), which left too
-// few beeps to judge; a known source also lets the check name the period it expects.
+// a 40 ms tone burst every 500 ms, each of the eight a different pitch. A source the test wrote lets the
+// check name the period it expects (Chromium's own fake beep has no documented period).
 const MIC_PERIOD_MS = 500;
 function micWav(path) {
   const rate = 48000, n = rate * 4, burst = Math.round(rate * 0.04), fade = Math.round(rate * 0.005);

@@ -220,8 +220,8 @@ async function startDevice(net, name) {
 // timeline on a steady clock instead (`now()`: Unix ms at the rig's start + monotonic time since). The
 // pages stamp performance.now() too, which counts the same monotonic clock, and each page's stamps are put
 // on the rig's clock with one offset (pageClock). A step then neither shows as a frame gap (a freeze) nor
-// moves frames out of their measuring window. The (wall - steady) offset, sampled every 100 ms, gives the
-// latency correction's base, the notes, and the few stamps without a steady twin (the sender's stats).
+// moves frames out of their measuring window. The (wall - steady) offset, read at the device's start, is
+// the latency correction's base; sampled every 100 ms, it gives the scenario's notes.
 // The device draws its timestamp code from its media clock: the wall clock at its start, advanced by the
 // monotonic clock (docs/interfaces.md), so that an NTP step does not jump the streams. Date.now() - code
 // then counts the wall clock's moves since the device started as latency (p50 2189 ms at cap1000 where
@@ -232,26 +232,15 @@ const WALL0 = Date.now(), MONO0 = monoMs();
 const now = () => Math.round(WALL0 + (monoMs() - MONO0));
 const wallOffset = (() => {
   const off = () => Date.now() - now();
-  const samples = [[Date.now(), off()]];   // [wall ms, offset ms]: a new one when it moved; bounded
+  const samples = [[now(), off()]];   // [steady ms, offset ms]: a new one when it moved; bounded
   setInterval(() => {
     const o = off();
-    if (Math.abs(o - samples.at(-1)[1]) >= 1 && samples.length < 100000) samples.push([Date.now(), o]);
+    if (Math.abs(o - samples.at(-1)[1]) >= 1 && samples.length < 100000) samples.push([now(), o]);
   }, 100).unref();
-  // The offset in force at wall time t: the last sample taken at or before it (after a backward step
-  // wall times repeat and the earlier reading is taken; rare, and said in the scenario's notes).
-  const at = (t) => {
-    let lo = 0, hi = samples.length - 1;
-    if (t < samples[0][0]) return samples[0][1];
-    while (lo < hi) { const mid = (lo + hi + 1) >> 1; if (samples[mid][0] <= t) lo = mid; else hi = mid - 1; }
-    return samples[lo][1];
-  };
   return {
     now: off,
-    at,
-    // (Only for stamps without a steady twin: off by the step for up to 100 ms after one.)
-    toSteady: (t) => t - at(t),
     // The largest move against `base` seen from steady time `from` on.
-    maxSince: (from, base) => Math.max(0, ...samples.filter(([w, o]) => w - o >= from).map(([, o]) => Math.abs(o - base))),
+    maxSince: (from, base) => Math.max(0, ...samples.filter(([t]) => t >= from).map(([, o]) => Math.abs(o - base))),
   };
 })();
 
@@ -352,6 +341,7 @@ async function runOne(name, sender) {
       if (!v.liveInfo.ok) res.errors.push(`${v.name} not connected within ${LIVE_TIMEOUT_MS} ms: ${JSON.stringify(v.liveInfo)}`);
     }
     const t0 = res.t0 = now();
+    const runOffset = wallOffset.now();
     res.events.push({ t: 0, what: `start: ${sc.links.map((l, k) => `link ${k + 1} ${l.cap != null ? `${l.cap} kbit/s` : 'uncapped'}${l.loss ? ` ${l.loss * 100} % loss` : ''}`).join(', ')}` });
     // The device's CPU by thread over the measuring window (after the ramp), for the ladder's
     // cost: one viewer on main leaves the low rung unread (not encoded); one on a capped link
@@ -396,7 +386,7 @@ async function runOne(name, sender) {
       }
       for (const st of data.stats) { st.t = Math.round(st.steady + toRig); delete st.steady; }
       if (!res.clock) {
-        const base = deviceOffset ?? wallOffset.at(res.t0);
+        const base = deviceOffset ?? runOffset;
         const reported = extra.device?.clock?.wall_offset_ms;
         res.clock = { movedMaxMs: wallOffset.maxSince(deviceStart ?? t0, base), movedAtEndMs: wallOffset.now() - base, deviceWallOffsetMs: reported ?? null };
         if (res.clock.movedMaxMs >= 20) {
@@ -411,7 +401,10 @@ async function runOne(name, sender) {
         bad: data.bad, probeErrors: data.errors, frames: data.frames, stats: data.stats,
       });
     }
-    if (senderPage) res.senderStats = (await senderPage.page.evaluate(() => window.S.stats)).map((x) => ({ ...x, t: wallOffset.toSteady(x.t) }));
+    if (senderPage) {
+      const toRig = await pageClock(senderPage.page);
+      res.senderStats = (await senderPage.page.evaluate(() => window.S.stats)).map(({ steady, ...x }) => ({ ...x, t: Math.round(steady + toRig) }));
+    }
     if (device?.crashed()) res.errors.push(`peercam exited on its own: ${JSON.stringify(device.crashed())} (log ${device.logPath})`);
   } catch (e) {
     res.errors.push(e?.stack || String(e));

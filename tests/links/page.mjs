@@ -195,7 +195,7 @@ export function installSender({ width, height, fps, maxBitrateKbps, noisePercent
     return pc.localDescription.sdp;
   };
   const sample = async () => {
-    const out = { t: Date.now() };
+    const out = { t: Date.now(), steady: performance.now() };
     for (const [id, pc] of Object.entries(S.pcs)) {
       try {
         const st = await pc.getStats();
