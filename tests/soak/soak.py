@@ -21,7 +21,8 @@ in short runs, 300 s from 10 min up) the minute means of RSS and of fds without 
 connections and the talk-back speaker's PCM (2 fds, open only while someone talks) stay within
 +-10 % of their median, threads at most 10 % (or THREAD_SLACK = 2 threads, whichever is more)
 above theirs (threads made on demand dip below it), and the last third of RSS and
-fds is not more than 10 % above the first; after the last client leaves, every session is freed (0
+fds is not more than 10 % above the first (25 % for RSS in runs under 10 minutes, which can only
+catch a gross leak: see GROWTH_BAND); after the last client leaves, every session is freed (0
 viewers, and the service's log ended every session it started), the fds come back to within 3 of
 the count before the first client and the threads to within THREAD_SLACK of it (threads are judged
 for leaks there, not by their drift during the churn: see THREAD_SLACK); client failures <= 5 %;
@@ -68,6 +69,16 @@ OUT = Path(os.environ.get("SOAK_OUT", str(HERE / "artifacts")))
 MIN_CLIENTS, MAX_CLIENTS = 4, 8
 LIFE_S = (8.0, 25.0)
 BAND = 0.10
+# Growth (last third of the minute means vs the first) in a long run is judged against BAND; a
+# 3-minute run cannot tell a slow leak from the allocator settling. Its heap (RssAnon; the
+# binary's pages, RssFile, are flat from the first clients on) climbs for the first 2-4 minutes of
+# churn towards a plateau and then stays there: the 30-minute run rose +1 MiB/min in its first 3
+# minutes and +0.1 MiB/min after the warm-up, and came back down later (39.2 MiB after the drain
+# vs a 41 MiB peak), which a leak does not. Short runs in CI and here read +6.3..+10.9 % (the
+# CI run on 9180a04 failed at 10 %). So a short run is judged for a gross leak only: 25 % of
+# ~38 MiB is ~9.5 MiB over the ~45 sessions of the judged window, ~200 KiB per session (a
+# session's whole state is ~1 MiB). Slow leaks are the 30-minute run's to find (`make soak`).
+GROWTH_BAND = BAND if LONG else 0.25
 # Threads are a small count (~13) that tokio's blocking pool moves by one or two as it makes and
 # retires threads on demand: 10 % of 13 is 1.3 threads, so a 3-minute run read 12.8 -> 14.5 as
 # "+13.7 % growth" on a flat service (CI, 2026-12-02). Their drift during the churn follows how
@@ -351,8 +362,18 @@ async def churn(base: str, until: float, rng: random.Random) -> None:
 START_FD_KINDS: Counter = Counter()
 
 
+def rss_parts(pid: int) -> tuple[int, int]:
+    """(RssAnon, RssFile) KiB: the heap and stacks, and the binary's and libraries' pages in memory."""
+    parts = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(("RssAnon:", "RssFile:")):
+            parts[line.split(":")[0]] = int(line.split()[1])
+    return parts.get("RssAnon", 0), parts.get("RssFile", 0)
+
+
 def sample(pid: int, base: str, t: float, phase: str) -> dict:
     rss, fds, threads = proc_numbers(pid)
+    anon, file_backed = rss_parts(pid)
     kinds = fd_kinds(pid)
     conns = kinds["socket:tcp"]
     extra = kinds - START_FD_KINDS
@@ -360,7 +381,7 @@ def sample(pid: int, base: str, t: float, phase: str) -> dict:
     # holds /dev/null twice (the file and the null slave). A CI run read that as "+13 % growth" of
     # a count of ~12. It is taken out like the client connections; the drain check sees it closed.
     speaker = max(0, kinds["/dev/null"] - START_FD_KINDS["/dev/null"])
-    return {"t_s": round(t, 1), "phase": phase, "rss_kib": rss, "fds": fds, "threads": threads,
+    return {"t_s": round(t, 1), "phase": phase, "rss_kib": rss, "anon_kib": anon, "file_kib": file_backed, "fds": fds, "threads": threads,
             "viewers": viewers(base), "clients": T.active, "clients_started": sum(T.started.values()),
             "client_conns": conns, "speaker_fds": speaker, "base_fds": fds - conns - speaker,
             "extra_fds": " ".join(f"{k}x{n}" for k, n in sorted(extra.items()))}
@@ -372,7 +393,7 @@ async def sampler(svc: Service, base: str, t0: float, churn_until: float, rows: 
         phase = "churn" if time.monotonic() < churn_until else "wind-down"
         row = await asyncio.to_thread(sample, svc.proc.pid, base, time.monotonic() - t0, phase)
         rows.append(row)
-        c.info(f"t={row['t_s']:.0f}s RSS {row['rss_kib'] / 1024:.1f} MiB, {row['fds']} fds "
+        c.info(f"t={row['t_s']:.0f}s RSS {row['rss_kib'] / 1024:.1f} MiB (anon {row['anon_kib'] / 1024:.1f}, file {row['file_kib'] / 1024:.1f}), {row['fds']} fds "
                f"({row['client_conns']} client connections), {row['threads']} threads, "
                f"{row['viewers']} viewers, {T.active} clients; fds beyond the start: {row['extra_fds'] or 'none'}")
         try:
@@ -404,14 +425,15 @@ set y2label "threads"
 set y2tics
 set ytics nomirror
 plot "{csv_path}" using 1:($3/1024) skip 1 with linespoints title "RSS MiB", \\
-     "" using 1:5 skip 1 axes x1y2 with linespoints title "threads"
+     "" using 1:($4/1024) skip 1 with linespoints title "of it anon (heap) MiB", \\
+     "" using 1:7 skip 1 axes x1y2 with linespoints title "threads"
 unset y2label
 unset y2tics
 set ylabel "count"
-plot "{csv_path}" using 1:4 skip 1 with linespoints title "open fds", \\
-     "" using 1:11 skip 1 with linespoints title "fds without client conns and speaker", \\
-     "" using 1:6 skip 1 with steps title "live sessions", \\
-     "" using 1:7 skip 1 with steps title "clients"
+plot "{csv_path}" using 1:6 skip 1 with linespoints title "open fds", \\
+     "" using 1:13 skip 1 with linespoints title "fds without client conns and speaker", \\
+     "" using 1:8 skip 1 with steps title "live sessions", \\
+     "" using 1:9 skip 1 with steps title "clients"
 unset multiplot
 """
     r = subprocess.run(["gnuplot"], input=script, capture_output=True, text=True, timeout=60)
@@ -482,7 +504,8 @@ def main() -> int:
         log = svc.log_text()
     rows = result["rows"]
     csv_path, md_path, png_path = OUT / "soak.csv", OUT / "soak.md", OUT / "soak.png"
-    fields = ["t_s", "phase", "rss_kib", "fds", "threads", "viewers", "clients", "clients_started",
+    # anon_kib / file_kib: RssAnon (heap, stacks) and RssFile (the binary's and libraries' pages).
+    fields = ["t_s", "phase", "rss_kib", "anon_kib", "file_kib", "fds", "threads", "viewers", "clients", "clients_started",
               "client_conns", "speaker_fds", "base_fds", "extra_fds"]
     with open(csv_path, "w", newline="") as f:
         w = csv.DictWriter(f, fieldnames=fields)
@@ -511,14 +534,17 @@ def main() -> int:
         # (the first 30-min run: 9.5..13 around 12.5), which is not a leak; growth is.
         allowed = max(BAND, THREAD_SLACK / med) if key == "threads" else BAND
         # Threads' drift is printed, not judged: the drain check below judges their leaks.
-        ok = (lo >= -BAND or key == "threads") and hi <= allowed and (growth <= BAND or key == "threads")
+        # RSS grows while the allocator settles (see GROWTH_BAND); a count of fds has no such phase.
+        growth_band = GROWTH_BAND if key == "rss_kib" else BAND
+        ok = (lo >= -BAND or key == "threads") and hi <= allowed and (growth <= growth_band or key == "threads")
         verdicts[label] = ok
         shown = (lambda x: f"{x / 1024:.1f} MiB") if key == "rss_kib" else (lambda x: f"{x:.1f}")
         detail = (f"median {shown(med)}, range {shown(min(vals))}..{shown(max(vals))} ({lo * 100:+.1f} % / {hi * 100:+.1f} %), "
                   f"last third vs first {growth * 100:+.1f} %")
         rule = (f"at most +{BAND * 100:.0f} % or +{THREAD_SLACK} (dips are threads made on demand; drift printed, leaks judged after the drain)" if key == "threads"
                 else f"within +-{BAND * 100:.0f} %")
-        c.check(f"{label} flat, {rule} of the median after the warm-up" + ("" if key == "threads" else ", no growth"), ok, detail)
+        growth_rule = f", last third at most +{growth_band * 100:.0f} % above the first" + ("" if LONG or key != "rss_kib" else " (a gross leak; slow ones: make soak)")
+        c.check(f"{label} flat, {rule} of the median after the warm-up" + ("" if key == "threads" else growth_rule), ok, detail)
         lines.append(f"| {label} | {shown(med)} | {shown(min(vals))} | {shown(max(vals))} | {lo * 100:+.1f} % / {hi * 100:+.1f} % | {growth * 100:+.1f} % | {'PASS' if ok else 'FAIL'} |")
     start_rss, start_fds, start_threads = result["start"]
     after = rows[-1]
@@ -559,7 +585,10 @@ def main() -> int:
           f"median of those means (threads: at most +10 % or +{THREAD_SLACK} threads, as threads made on demand — the talk-back speaker's "
           f"while someone talks — dip below it); fds without the clients' TCP connections open at that instant "
           f"(one or two per client: they come and go with the churn, and the drain check below sees any left) "
-          f"and without the talk-back speaker's PCM (2 fds on /dev/null, open only while someone talks).",
+          f"and without the talk-back speaker's PCM (2 fds on /dev/null, open only while someone talks). "
+          f"Growth: the last third of the means at most +{BAND * 100:.0f} % above the first"
+          + ("" if LONG else f" (RSS: +{GROWTH_BAND * 100:.0f} %)")
+          + ("." if LONG else " (a short run catches a gross leak only; the allocator settles over the first minutes: see GROWTH_BAND in soak.py)."),
           "",
           "| client | started | ok | failed |", "|---|---|---|---|"]
     for k in ("whep", "whep-bare", "peerjs-call", "peerjs-data"):
