@@ -116,15 +116,20 @@ class Tally:
 T = Tally()
 
 
+def status_kib(pid: int) -> dict[str, int]:
+    """The numbers of /proc/<pid>/status by name (VmRSS, RssAnon, RssFile in KiB; Threads)."""
+    out = {}
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        name, _, rest = line.partition(":")
+        if name in ("VmRSS", "RssAnon", "RssFile", "Threads"):
+            out[name] = int(rest.split()[0])
+    return out
+
+
 def proc_numbers(pid: int) -> tuple[int, int, int]:
     """(RSS KiB, open fds, threads) of a process."""
-    rss = threads = 0
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            rss = int(line.split()[1])
-        elif line.startswith("Threads:"):
-            threads = int(line.split()[1])
-    return rss, len(os.listdir(f"/proc/{pid}/fd")), threads
+    st = status_kib(pid)
+    return st.get("VmRSS", 0), len(os.listdir(f"/proc/{pid}/fd")), st.get("Threads", 0)
 
 
 def fd_kinds(pid: int) -> Counter:
@@ -362,18 +367,10 @@ async def churn(base: str, until: float, rng: random.Random) -> None:
 START_FD_KINDS: Counter = Counter()
 
 
-def rss_parts(pid: int) -> tuple[int, int]:
-    """(RssAnon, RssFile) KiB: the heap and stacks, and the binary's and libraries' pages in memory."""
-    parts = {}
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith(("RssAnon:", "RssFile:")):
-            parts[line.split(":")[0]] = int(line.split()[1])
-    return parts.get("RssAnon", 0), parts.get("RssFile", 0)
-
-
 def sample(pid: int, base: str, t: float, phase: str) -> dict:
-    rss, fds, threads = proc_numbers(pid)
-    anon, file_backed = rss_parts(pid)
+    st = status_kib(pid)
+    rss, anon, file_backed, threads = st.get("VmRSS", 0), st.get("RssAnon", 0), st.get("RssFile", 0), st.get("Threads", 0)
+    fds = len(os.listdir(f"/proc/{pid}/fd"))
     kinds = fd_kinds(pid)
     conns = kinds["socket:tcp"]
     extra = kinds - START_FD_KINDS
