@@ -405,9 +405,16 @@ def band(values: list) -> tuple[float, float, float]:
     return med, min(values) / med - 1, max(values) / med - 1
 
 
+# The CSV's columns (plot() finds its columns here by name).
+# anon_kib / file_kib: RssAnon (heap, stacks) and RssFile (the binary's and libraries' pages).
+FIELDS = ["t_s", "phase", "rss_kib", "anon_kib", "file_kib", "fds", "threads", "viewers", "clients", "clients_started",
+          "client_conns", "speaker_fds", "base_fds", "extra_fds"]
+
+
 def plot(csv_path: Path, png: Path, warmup: float) -> str:
     if not shutil.which("gnuplot"):
         return "gnuplot not installed (scripts/install-deps.sh installs gnuplot-nox): no PNG"
+    col = {name: i + 1 for i, name in enumerate(FIELDS)}   # gnuplot counts columns from 1
     script = f"""
 set terminal pngcairo size 1100,700 font ",10"
 set output "{png}"
@@ -421,16 +428,16 @@ set ylabel "RSS (MiB)"
 set y2label "threads"
 set y2tics
 set ytics nomirror
-plot "{csv_path}" using 1:($3/1024) skip 1 with linespoints title "RSS MiB", \\
-     "" using 1:($4/1024) skip 1 with linespoints title "of it anon (heap) MiB", \\
-     "" using 1:7 skip 1 axes x1y2 with linespoints title "threads"
+plot "{csv_path}" using 1:(${col["rss_kib"]}/1024) skip 1 with linespoints title "RSS MiB", \\
+     "" using 1:(${col["anon_kib"]}/1024) skip 1 with linespoints title "of it anon (heap) MiB", \\
+     "" using 1:{col["threads"]} skip 1 axes x1y2 with linespoints title "threads"
 unset y2label
 unset y2tics
 set ylabel "count"
-plot "{csv_path}" using 1:6 skip 1 with linespoints title "open fds", \\
-     "" using 1:13 skip 1 with linespoints title "fds without client conns and speaker", \\
-     "" using 1:8 skip 1 with steps title "live sessions", \\
-     "" using 1:9 skip 1 with steps title "clients"
+plot "{csv_path}" using 1:{col["fds"]} skip 1 with linespoints title "open fds", \\
+     "" using 1:{col["base_fds"]} skip 1 with linespoints title "fds without client conns and speaker", \\
+     "" using 1:{col["viewers"]} skip 1 with steps title "live sessions", \\
+     "" using 1:{col["clients"]} skip 1 with steps title "clients"
 unset multiplot
 """
     r = subprocess.run(["gnuplot"], input=script, capture_output=True, text=True, timeout=60)
@@ -501,11 +508,8 @@ def main() -> int:
         log = svc.log_text()
     rows = result["rows"]
     csv_path, md_path, png_path = OUT / "soak.csv", OUT / "soak.md", OUT / "soak.png"
-    # anon_kib / file_kib: RssAnon (heap, stacks) and RssFile (the binary's and libraries' pages).
-    fields = ["t_s", "phase", "rss_kib", "anon_kib", "file_kib", "fds", "threads", "viewers", "clients", "clients_started",
-              "client_conns", "speaker_fds", "base_fds", "extra_fds"]
     with open(csv_path, "w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=fields)
+        w = csv.DictWriter(f, fieldnames=FIELDS)
         w.writeheader()
         w.writerows(rows)
 
